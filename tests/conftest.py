@@ -1,0 +1,72 @@
+"""Shared fixtures: real speech, isolated key files, a client on the real ECAPA model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+LIBRISPEECH = SHARED / "corpora" / "librispeech-samples"
+
+
+def librispeech_root() -> Path:
+    if not LIBRISPEECH.is_dir():
+        pytest.skip(f"shared LibriSpeech samples not found at {LIBRISPEECH}")
+    return LIBRISPEECH
+
+
+@pytest.fixture(scope="session")
+def librispeech() -> Path:
+    return librispeech_root()
+
+
+@pytest.fixture(scope="session")
+def speakers(librispeech: Path) -> dict[str, list[Path]]:
+    """test-other speaker id -> their 10 FLAC files, sorted."""
+    root = librispeech / "test-other"
+    return {d.name: sorted(d.glob("*.flac")) for d in sorted(root.iterdir()) if d.is_dir()}
+
+
+@pytest.fixture(autouse=True)
+def isolated_keys(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own key file; no test touches the real ~/.config."""
+    config = tmp_path_factory.mktemp("config")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    monkeypatch.setenv("VOICEAUTH_KEY_FILE", str(config / "voiceauth" / "keyring.json"))
+    monkeypatch.delenv("VOICEAUTH_KEY", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return config
+
+
+@pytest.fixture(scope="session")
+def embedder():  # noqa: ANN201 - EcapaEmbedder, imported lazily
+    """The real ECAPA model, loaded once per test session."""
+    from voiceauth.embedding import EcapaEmbedder
+
+    return EcapaEmbedder().load()
+
+
+@pytest.fixture
+def consent():  # noqa: ANN201
+    from voiceauth.store.base import Consent
+
+    return Consent.now(channel="test", notice_version="v1", captured_by="tests")
+
+
+@pytest.fixture
+def make_client(tmp_path: Path, embedder) -> Iterator[Callable[..., object]]:  # noqa: ANN001
+    """Factory for VoiceAuth clients on a fresh SQLite file in tmp_path, sharing the loaded model."""
+    from voiceauth.facade import VoiceAuth
+
+    made: list[VoiceAuth] = []
+
+    def make(store: str | Path | None = None, **kw: object) -> VoiceAuth:
+        va = VoiceAuth(store or tmp_path / "voiceprints.db", embedder=embedder, **kw)
+        made.append(va)
+        return va
+
+    yield make
+    for va in made:
+        va.close()

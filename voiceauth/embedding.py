@@ -1,0 +1,153 @@
+"""Speaker embeddings: the ``Embedder`` protocol and the SpeechBrain ECAPA-TDNN embedder.
+
+An embedder turns speech (float32 mono at 16 kHz, silence already removed) into
+L2-normalised vectors whose cosine similarity is high for the same speaker.
+Long signals are embedded in windows of at most ``max_window_s`` seconds and the
+window embeddings averaged, so memory stays bounded whatever the input length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from voiceauth.audio import MODEL_RATE
+from voiceauth.errors import AudioError
+from voiceauth.models import ECAPA, cache_root, resolve
+
+MIN_SAMPLES = MODEL_RATE // 4
+"""Shortest input (0.25 s) the embedder accepts; shorter speech is padded by repetition."""
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Anything that maps a batch of 16 kHz signals to unit-length embeddings."""
+
+    model_id: str
+    dim: int
+
+    def embed(self, signals: Sequence[np.ndarray]) -> np.ndarray:
+        """Return an array of shape (len(signals), dim), float32, rows of unit length."""
+        ...
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def windows(signal: np.ndarray, max_len: int) -> list[np.ndarray]:
+    """Split ``signal`` into nearly equal windows of at most ``max_len`` samples."""
+    if len(signal) < MIN_SAMPLES:
+        reps = -(-MIN_SAMPLES // max(len(signal), 1))
+        signal = np.tile(signal, reps)[:MIN_SAMPLES]
+    count = -(-len(signal) // max_len)
+    return [w for w in np.array_split(signal, count) if len(w)]
+
+
+_MODELS: dict[tuple[str, str], Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def clear_model_cache() -> None:
+    """Forget every loaded speaker model (frees its memory once no embedder holds it)."""
+    with _MODELS_LOCK:
+        _MODELS.clear()
+
+
+def _load_speechbrain(model_dir: Path, device: str) -> Any:
+    key = (str(model_dir), device)
+    with _MODELS_LOCK:
+        if key in _MODELS:
+            return _MODELS[key]
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from speechbrain.inference.speaker import EncoderClassifier
+
+            savedir = cache_root() / "speechbrain" / hashlib.sha256("|".join(key).encode()).hexdigest()[:16]
+            model = EncoderClassifier.from_hparams(
+                source=str(model_dir),
+                savedir=str(savedir),
+                overrides={"pretrained_path": str(model_dir)},
+                run_opts={"device": device},
+            )
+        model.eval()
+        _MODELS[key] = model
+        return model
+
+
+class EcapaEmbedder:
+    """The pretrained SpeechBrain ECAPA-TDNN (VoxCeleb, 192-d) speaker embedder.
+
+    Weights are found by :func:`voiceauth.models.resolve` on first use.
+    Thread-safe: calls are serialised on the model.
+    """
+
+    dim = 192
+    model_id = ECAPA.model_id
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str] | None = None,
+        *,
+        device: str = "cpu",
+        max_window_s: float = 20.0,
+        max_batch: int = 4,
+    ) -> None:
+        self._model_dir = model_dir
+        self._device = device
+        self._max_len = int(max_window_s * MODEL_RATE)
+        self._max_batch = max_batch
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def load(self) -> EcapaEmbedder:
+        """Resolve and load the weights now instead of on first use."""
+        if self._model is None:
+            directory = resolve(ECAPA, self._model_dir)
+            self._model = _load_speechbrain(directory, self._device)
+        return self
+
+    def embed(self, signals: Sequence[np.ndarray]) -> np.ndarray:
+        if not signals:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        pieces: list[np.ndarray] = []
+        owner: list[int] = []
+        for index, signal in enumerate(signals):
+            signal = np.asarray(signal, dtype=np.float32)
+            if signal.ndim != 1 or not np.all(np.isfinite(signal)):
+                raise AudioError("embedder input must be finite 1-D float32 audio at 16 kHz")
+            for window in windows(signal, self._max_len):
+                pieces.append(window)
+                owner.append(index)
+        window_embeddings = self._embed_windows(pieces)
+        weights = np.array([len(p) for p in pieces], dtype=np.float64)
+        out = np.zeros((len(signals), self.dim), dtype=np.float64)
+        np.add.at(out, np.array(owner), window_embeddings * weights[:, None])
+        return l2_normalise(out)
+
+    def _embed_windows(self, pieces: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        self.load()
+        order = np.argsort([len(p) for p in pieces])
+        result = np.zeros((len(pieces), self.dim), dtype=np.float32)
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(order), self._max_batch):
+                idx = order[start : start + self._max_batch]
+                longest = max(len(pieces[i]) for i in idx)
+                batch = np.zeros((len(idx), longest), dtype=np.float32)
+                for row, i in enumerate(idx):
+                    batch[row, : len(pieces[i])] = pieces[i]
+                lengths = torch.tensor([len(pieces[i]) / longest for i in idx], dtype=torch.float32)
+                emb = self._model.encode_batch(torch.from_numpy(batch), lengths)
+                result[idx] = emb.squeeze(1).cpu().numpy()
+        return l2_normalise(result)

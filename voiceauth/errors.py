@@ -1,0 +1,103 @@
+"""The voiceauth error hierarchy.
+
+Every error the library raises on purpose derives from :class:`VoiceAuthError`,
+and every message says what happened and what to do about it::
+
+    VoiceAuthError
+    ├── AudioError                 input audio cannot be used
+    │   ├── AudioDecodeError       missing, unreadable, truncated or wrongly encoded audio
+    │   └── NoSpeechError          decodable, but no usable speech in it
+    ├── ModelError
+    │   ├── ModelUnavailableError  no source could provide the model weights
+    │   ├── ModelChecksumError     weights found, but their checksum is wrong
+    │   └── ModelMismatchError     a voiceprint was made by another model
+    ├── StoreError                 the voiceprint store cannot be used
+    │   ├── StoreCorruptError      the store file is not a voiceauth database
+    │   ├── KeyMissingError        no encryption key, or the wrong one
+    │   ├── TamperedError          a ciphertext or row fails authentication
+    │   ├── NotEnrolledError       unknown customer (or enrolment incomplete)
+    │   └── AlreadyEnrolledError   enrolment exists; pass replace= or update=
+    ├── ConsentError               enrolment without a consent record
+    ├── OptedOutError              the customer opted out of voice biometrics
+    ├── CalibrationError           trials or calibration parameters unusable
+    ├── CorpusError                a benchmark corpus has the wrong shape
+    └── SessionError               misuse of a live call session
+"""
+
+from __future__ import annotations
+
+
+class VoiceAuthError(Exception):
+    """Base class of every error voiceauth raises on purpose."""
+
+
+class AudioError(VoiceAuthError):
+    """The input audio cannot be used."""
+
+
+class AudioDecodeError(AudioError):
+    """Audio is missing, unreadable, truncated, or not in the declared encoding."""
+
+
+class NoSpeechError(AudioError):
+    """The audio decodes, but holds no usable speech (silence, tone, NaN)."""
+
+
+class ModelError(VoiceAuthError):
+    """Problems with the speaker model."""
+
+
+class ModelUnavailableError(ModelError):
+    """No source could provide the model weights."""
+
+
+class ModelChecksumError(ModelError):
+    """Model weights were found but their checksum does not match."""
+
+
+class ModelMismatchError(ModelError):
+    """A voiceprint was made by another model than the one scoring it."""
+
+
+class StoreError(VoiceAuthError):
+    """The voiceprint store cannot be used."""
+
+
+class StoreCorruptError(StoreError):
+    """The store file is not a voiceauth database."""
+
+
+class KeyMissingError(StoreError):
+    """The encryption key is missing or is not the key the store was written with."""
+
+
+class TamperedError(StoreError):
+    """A stored ciphertext or row failed authentication: it was modified or moved."""
+
+
+class NotEnrolledError(StoreError):
+    """No (complete) voiceprint for this customer."""
+
+
+class AlreadyEnrolledError(StoreError):
+    """The customer already has a voiceprint; pass replace=True or update=True."""
+
+
+class ConsentError(VoiceAuthError):
+    """Enrolment needs a consent record."""
+
+
+class OptedOutError(VoiceAuthError):
+    """The customer opted out of voice biometrics; no audio is processed."""
+
+
+class CalibrationError(VoiceAuthError):
+    """Calibration trials or parameters are unusable."""
+
+
+class CorpusError(VoiceAuthError):
+    """A benchmark corpus does not have the expected layout or size."""
+
+
+class SessionError(VoiceAuthError):
+    """A live call session was misused (fed after close, wrong frame format...)."""

@@ -1,0 +1,359 @@
+"""``VoiceAuth``: the facade that wires audio, speech, embedding, scoring and the store."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from voiceauth.audio import MODEL_RATE, Audio, load_audio
+from voiceauth.embedding import EcapaEmbedder, Embedder
+from voiceauth.enrolment import MIN_SAMPLE_SPEECH_S, EnrolMode, NewSpeech, builder, pool, progress
+from voiceauth.errors import (
+    ConsentError,
+    ModelMismatchError,
+    NoSpeechError,
+    NotEnrolledError,
+    OptedOutError,
+    VoiceAuthError,
+)
+from voiceauth.results import (
+    Candidate,
+    EnrolmentProgress,
+    Flag,
+    Probe,
+    SampleReport,
+    VerificationResult,
+)
+from voiceauth.scoring import CalibrationSet, Decision, Normalisation, Policy, Scorer, default_calibration
+from voiceauth.speech import SpeechAnalysis, analyse
+from voiceauth.store import open_store
+from voiceauth.store.base import AuditRecord, Consent, Namespace, Store, VoiceprintInfo
+
+AudioSource = Union[str, "os.PathLike[str]", np.ndarray, Audio]
+
+DEFAULT_ENROL_SPEECH_S = 10.0
+COHORT_TTL_S = 60.0
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+CONSENT_REQUIRED: Any = _Unset()
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Analysed speech of the samples of one request, before anything is written."""
+
+    speech: list[np.ndarray]
+    reports: list[SampleReport]
+
+
+def _name_of(source: AudioSource, index: int) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).name
+    return f"sample-{index}"
+
+
+def _flags(analysis: SpeechAnalysis) -> tuple[Flag, ...]:
+    return tuple(Flag(f.value) for f in analysis.report.flags)
+
+
+class VoiceAuth:
+    """Passive voice authentication against an encrypted voiceprint store.
+
+    Args:
+        store: a SQLite file path (created on first use), a ``postgresql://`` URL, or a Store.
+        policy: the bank's risk appetite (target false-accept rate and friends).
+        embedder: the speaker model; default the SpeechBrain ECAPA-TDNN, loaded lazily.
+        model_dir: directory with the ECAPA files (otherwise cache, hub, package index).
+        calibration: path of a calibration file from ``voiceauth calibrate``; default shipped.
+        enrol_speech_s: net speech seconds an enrolment needs before it is complete.
+        actor: who is acting, recorded in the audit trail (an agent id, a service name).
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike[str] | Store = "voiceprints.db",
+        *,
+        policy: Policy | None = None,
+        embedder: Embedder | str | None = None,
+        model_dir: str | os.PathLike[str] | None = None,
+        calibration: str | os.PathLike[str] | CalibrationSet | None = None,
+        enrol_speech_s: float = DEFAULT_ENROL_SPEECH_S,
+        actor: str = "system",
+    ) -> None:
+        self.store: Store = open_store(store)
+        self.policy = policy or Policy()
+        self.embedder = self._make_embedder(embedder, model_dir)
+        if calibration is None:
+            calibrations = default_calibration()
+        elif isinstance(calibration, CalibrationSet):
+            calibrations = calibration
+        else:
+            calibrations = CalibrationSet.load(calibration)
+        self.scorer = Scorer(calibrations, self.policy)
+        self.enrol_speech_s = enrol_speech_s
+        self.actor = actor
+        self._cohort: tuple[float, list[str], np.ndarray] | None = None
+        self._cohort_lock = threading.Lock()
+
+    @staticmethod
+    def _make_embedder(embedder: Embedder | str | None, model_dir: str | os.PathLike[str] | None) -> Embedder:
+        if embedder is None or embedder == "ecapa":
+            return EcapaEmbedder(model_dir)
+        if isinstance(embedder, str):
+            if embedder.startswith("ray://"):
+                from voiceauth.serving import RayEmbedder  # optional [scale] extra
+
+                return RayEmbedder(embedder)
+            raise VoiceAuthError(f"unknown embedder {embedder!r}; use 'ecapa', 'ray://HOST:PORT' or an Embedder")
+        return embedder
+
+    # -- context management -------------------------------------------------
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> VoiceAuth:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- helpers --------------------------------------------------------------
+    def _analyse(
+        self,
+        sources: Sequence[AudioSource],
+        sample_rate: int | None,
+        channel: int | None,
+        on_sample: Callable[[SampleReport], None] | None = None,
+    ) -> _Prepared:
+        speech: list[np.ndarray] = []
+        reports: list[SampleReport] = []
+        for index, source in enumerate(sources):
+            audio = load_audio(source, sample_rate=sample_rate, channel=channel)
+            analysis = analyse(audio)
+            flags = _flags(analysis)
+            speech_s = analysis.report.speech_s
+            used = speech_s >= MIN_SAMPLE_SPEECH_S
+            if speech_s == 0:
+                flags += (Flag.NO_SPEECH,)
+            elif not used and Flag.TOO_SHORT not in flags:
+                flags += (Flag.TOO_SHORT,)
+            reports.append(SampleReport(_name_of(source, index), round(speech_s, 2), used, flags))
+            if on_sample is not None:
+                on_sample(reports[-1])
+            if used:
+                speech.append(analysis.speech.samples)
+        return _Prepared(speech, reports)
+
+    def _cohort_matrix(self, exclude: str) -> np.ndarray:
+        with self._cohort_lock:
+            now = time.monotonic()
+            if self._cohort is None or now - self._cohort[0] > COHORT_TTL_S:
+                ids, matrix = self.store.embeddings(Namespace.CUSTOMER, self.embedder.model_id)
+                self._cohort = (now, ids, matrix)
+            _, ids, matrix = self._cohort
+        keep = [i for i, cid in enumerate(ids) if cid != exclude]
+        return matrix[keep]
+
+    def _invalidate_cohort(self) -> None:
+        with self._cohort_lock:
+            self._cohort = None
+
+    # -- enrolment -------------------------------------------------------------
+    def enroll(
+        self,
+        customer_id: str,
+        samples: Sequence[AudioSource] | AudioSource,
+        *,
+        consent: Consent | None = CONSENT_REQUIRED,
+        legacy_migration: bool = False,
+        replace: bool = False,
+        update: bool = False,
+        sample_rate: int | None = None,
+        channel: int | None = None,
+        on_sample: Callable[[SampleReport], None] | None = None,
+    ) -> EnrolmentProgress:
+        """Enrol (or continue enrolling) ``customer_id`` from one or more recordings.
+
+        A consent record is required; ``consent=None`` is accepted only together with
+        ``legacy_migration=True`` (voiceprints migrated from a system that holds consent
+        elsewhere). An enrolment with less than ``enrol_speech_s`` of net speech is kept
+        as in progress and continued by the next call. Nothing is written unless every
+        sample decodes.
+        """
+        if consent is CONSENT_REQUIRED or (consent is None and not legacy_migration):
+            raise ConsentError(
+                f"enrolling {customer_id} needs a consent record: pass consent=Consent.now(channel=..., "
+                "notice_version=..., captured_by=...) (CLI: --consent-channel/--consent-notice/--consent-by); "
+                "for migrated voiceprints pass consent=None, legacy_migration=True"
+            )
+        if replace and update:
+            raise VoiceAuthError("pass either replace=True or update=True, not both")
+        if self.store.is_opted_out(customer_id):
+            if consent is None:
+                raise OptedOutError(
+                    f"{customer_id} opted out of voice biometrics; enrol again only with fresh consent"
+                )
+            self.store.clear_opt_out(
+                customer_id, event=AuditRecord("opt_in", customer_id, "fresh_consent", self.actor)
+            )
+        sources = [samples] if isinstance(samples, (str, os.PathLike, np.ndarray, Audio)) else list(samples)
+        if not sources:
+            raise NoSpeechError(f"no samples given to enrol {customer_id}; pass at least one recording")
+        prepared = self._analyse(sources, sample_rate, channel, on_sample)
+        if not prepared.speech:
+            total = sum(r.speech_s for r in prepared.reports)
+            raise NoSpeechError(
+                f"no usable speech to enrol {customer_id} ({total:.1f} s of speech in {len(sources)} sample(s), "
+                f"each sample needs at least {MIN_SAMPLE_SPEECH_S:.0f} s); record the customer speaking"
+            )
+        embeddings = self.embedder.embed(prepared.speech)
+        new: NewSpeech = pool(embeddings, [len(s) / MODEL_RATE for s in prepared.speech])
+        mode = EnrolMode.REPLACE if replace else EnrolMode.UPDATE if update else EnrolMode.NEW
+        event = AuditRecord(
+            "enroll", customer_id, mode.value, self.actor,
+            {"speech_s": round(new.speech_s, 1), "recordings": new.recordings, "model": self.embedder.model_id},
+        )
+        voiceprint = self.store.upsert(
+            Namespace.CUSTOMER,
+            customer_id,
+            builder(customer_id, Namespace.CUSTOMER, self.embedder.model_id, new,
+                    mode=mode, required_s=self.enrol_speech_s),
+            event=event,
+            consent=consent,
+        )
+        self._invalidate_cohort()
+        return progress(voiceprint, self.enrol_speech_s, prepared.reports)
+
+    # -- verification ------------------------------------------------------------
+    def _load_voiceprint(self, customer_id: str) -> Any:
+        voiceprint = self.store.get(Namespace.CUSTOMER, customer_id)
+        if voiceprint is None:
+            raise NotEnrolledError(f"customer {customer_id} is not enrolled; enrol them first (voiceauth enroll)")
+        if not voiceprint.complete:
+            raise NotEnrolledError(
+                f"enrolment of {customer_id} is incomplete ({voiceprint.speech_s:.1f} s of "
+                f"{self.enrol_speech_s:.0f} s of speech); add speech with enroll()"
+            )
+        if voiceprint.model_id != self.embedder.model_id:
+            raise ModelMismatchError(
+                f"{customer_id}'s voiceprint was made by model {voiceprint.model_id}, not {self.embedder.model_id}; "
+                "score with that model or re-enrol the customer with replace=True"
+            )
+        return voiceprint
+
+    def _opted_out_result(self, customer_id: str) -> VerificationResult:
+        self.store.audit(AuditRecord("verify", customer_id, Decision.OPTED_OUT.value, self.actor))
+        return VerificationResult(customer_id, Decision.OPTED_OUT, 0.0, 0.0, 0.0, Normalisation.RAW, 0.0)
+
+    def probe(self, sample: AudioSource, *, sample_rate: int | None = None, channel: int | None = None) -> Probe:
+        """Decode, find the speech in, and embed one recording."""
+        audio = load_audio(sample, sample_rate=sample_rate, channel=channel)
+        analysis = analyse(audio, min_speech_s=self.policy.min_speech_s)
+        if analysis.report.speech_s == 0:
+            raise NoSpeechError(
+                f"no speech detected in {_name_of(sample, 0)} ({audio.duration_s:.1f} s of audio); "
+                "check the recording is not silent and the customer's channel is selected"
+            )
+        embedding = self.embedder.embed([analysis.speech.samples])[0]
+        return Probe(embedding, self.embedder.model_id, analysis.report.speech_s, _flags(analysis), audio.duration_s)
+
+    def verify(
+        self,
+        customer_id: str,
+        sample: AudioSource | Probe,
+        *,
+        sample_rate: int | None = None,
+        channel: int | None = None,
+    ) -> VerificationResult:
+        """Is the speaker of ``sample`` (a recording or a :class:`Probe`) the enrolled ``customer_id``?"""
+        if self.store.is_opted_out(customer_id):
+            return self._opted_out_result(customer_id)
+        voiceprint = self._load_voiceprint(customer_id)
+        probe = sample if isinstance(sample, Probe) else self.probe(sample, sample_rate=sample_rate, channel=channel)
+        if probe.model_id != voiceprint.model_id:
+            raise ModelMismatchError(
+                f"the probe was made by model {probe.model_id}, {customer_id}'s voiceprint by {voiceprint.model_id}"
+            )
+        return self._decide(customer_id, voiceprint.embedding, probe.embedding, probe.speech_s, probe.flags)
+
+    def _decide(
+        self, customer_id: str, enrolled: np.ndarray, embedding: np.ndarray, speech_s: float, flags: tuple[Flag, ...]
+    ) -> VerificationResult:
+        cohort = self._cohort_matrix(exclude=customer_id)
+        score = self.scorer.score(enrolled, embedding, speech_s, cohort)
+        decision = self.scorer.decide(score, speech_s)
+        if score.normalisation is Normalisation.RAW:
+            flags += (Flag.SMALL_COHORT,)
+        thresholds = self.scorer.thresholds(score.normalisation)
+        result = VerificationResult(
+            customer_id=customer_id,
+            decision=decision,
+            confidence=round(score.confidence, 4),
+            score=round(score.raw, 4),
+            llr=round(score.llr, 3),
+            normalisation=score.normalisation,
+            speech_s=round(speech_s, 2),
+            flags=flags,
+            expected_far=thresholds.expected_far,
+        )
+        self.store.touch(Namespace.CUSTOMER, customer_id, time.time())
+        self.store.audit(
+            AuditRecord(
+                "verify", customer_id, decision.value, self.actor,
+                {"confidence": result.confidence, "speech_s": result.speech_s,
+                 "flags": ",".join(f.value for f in flags)},
+            )
+        )
+        return result
+
+    def identify(
+        self, sample: AudioSource | Probe, *, top_k: int = 5, sample_rate: int | None = None,
+        channel: int | None = None,
+    ) -> list[Candidate]:
+        """The ``top_k`` enrolled customers most similar to the speaker of ``sample``."""
+        probe = sample if isinstance(sample, Probe) else self.probe(sample, sample_rate=sample_rate, channel=channel)
+        ids, matrix = self.store.embeddings(Namespace.CUSTOMER, probe.model_id)
+        if not ids:
+            return []
+        scores = matrix @ probe.embedding
+        order = np.argsort(-scores)[:top_k]
+        calibration = self.scorer.calibrations.get(Normalisation.RAW)
+        out = [
+            Candidate(ids[i], round(float(scores[i]), 4),
+                      round(self.policy.confidence(float(calibration.llr(float(scores[i]), probe.speech_s))), 4))
+            for i in order
+        ]
+        self.store.audit(AuditRecord("identify", None, "ok", self.actor, {"candidates": len(out)}))
+        return out
+
+    # -- management ----------------------------------------------------------------
+    def delete(self, customer_id: str) -> bool:
+        """Erase the customer's voiceprint. Returns False when there was none."""
+        removed = self.store.delete(
+            Namespace.CUSTOMER, customer_id, event=AuditRecord("delete", customer_id, "deleted", self.actor)
+        )
+        self._invalidate_cohort()
+        return removed
+
+    def list(self) -> list[VoiceprintInfo]:
+        return self.store.list(Namespace.CUSTOMER)
+
+    def opt_out(self, customer_id: str) -> None:
+        """Delete the voiceprint, withdraw consent, and refuse voice biometrics from now on."""
+        self.store.opt_out(customer_id, event=AuditRecord("opt_out", customer_id, "opted_out", self.actor))
+        self._invalidate_cohort()
+
+    def consent(self, customer_id: str) -> Consent | None:
+        return self.store.consent(customer_id)

@@ -1,0 +1,180 @@
+"""The Store protocol and the plain values it stores.
+
+A store keeps voiceprints (encrypted), consent records, opt-out markers and the
+hash-chained audit trail. It never sees audio. Implementations: ``sqlite`` (the
+embedded default) and ``postgres`` (shared, for scale-out); both pass the same
+contract tests.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class Namespace(str, enum.Enum):
+    """Voiceprints of customers and of known fraudsters never mix."""
+
+    CUSTOMER = "customer"
+    WATCHLIST = "watchlist"
+
+
+@dataclass(frozen=True)
+class Voiceprint:
+    """A decrypted voiceprint. ``embedding`` never leaves the process in the clear."""
+
+    subject_id: str
+    namespace: Namespace
+    model_id: str
+    embedding: np.ndarray = field(repr=False)
+    """float32, shape (dim,), L2-normalised speech-weighted mean of the recordings."""
+    speech_s: float
+    """Net speech seconds behind the voiceprint."""
+    recordings: int
+    complete: bool
+    """False while an enrolment spread over several calls still lacks speech."""
+    created_at: float
+    updated_at: float
+    last_used_at: float | None = None
+    meta: Mapping[str, str] = field(default_factory=dict)
+    """Non-biometric labels (e.g. a watchlist entry's reason)."""
+
+
+@dataclass(frozen=True)
+class VoiceprintInfo:
+    """What listing shows: everything but the embedding."""
+
+    subject_id: str
+    namespace: Namespace
+    model_id: str
+    speech_s: float
+    recordings: int
+    complete: bool
+    created_at: float
+    updated_at: float
+    last_used_at: float | None
+    meta: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Consent:
+    """The record of a customer's consent to voice biometrics."""
+
+    captured_at: float
+    channel: str
+    """How it was captured: ``ivr``, ``agent``, ``web``, ``migration``..."""
+    purpose: str
+    notice_version: str
+    captured_by: str
+    withdrawn_at: float | None = None
+
+    @classmethod
+    def now(
+        cls,
+        *,
+        channel: str,
+        notice_version: str,
+        captured_by: str,
+        purpose: str = "voice authentication",
+    ) -> Consent:
+        """A consent record captured at this moment."""
+        import time
+
+        return cls(time.time(), channel, purpose, notice_version, captured_by)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """An event to append to the audit trail. Never holds audio or embeddings."""
+
+    action: str
+    """``enroll``, ``verify``, ``decision``, ``delete``, ``opt_out``, ``consent``,
+    ``key_rotation``, ``watchlist_add``, ``watchlist_hit``, ``purge``..."""
+    subject_id: str | None
+    outcome: str
+    actor: str = "system"
+    details: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """A stored audit event, chained to its predecessor by ``prev_hash``."""
+
+    seq: int
+    time: float
+    action: str
+    subject_id: str | None
+    outcome: str
+    actor: str
+    details: Mapping[str, str | int | float | bool]
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    """Result of verifying the audit chain."""
+
+    ok: bool
+    events: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+
+Builder = Callable[["Voiceprint | None"], Voiceprint]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the facade needs from a voiceprint store.
+
+    Every write happens in one transaction together with its audit event, so a
+    crash leaves either both or neither.
+    """
+
+    def get(self, namespace: Namespace, subject_id: str) -> Voiceprint | None: ...
+
+    def upsert(
+        self,
+        namespace: Namespace,
+        subject_id: str,
+        build: Builder,
+        *,
+        event: AuditRecord,
+        consent: Consent | None = None,
+    ) -> Voiceprint:
+        """Read the current voiceprint (or None) under a write lock, call ``build`` on it,
+        and store what it returns. An exception from ``build`` aborts with nothing written."""
+        ...
+
+    def delete(self, namespace: Namespace, subject_id: str, *, event: AuditRecord) -> bool: ...
+
+    def embeddings(self, namespace: Namespace, model_id: str) -> tuple[list[str], np.ndarray]:
+        """Ids and (n, dim) matrix of every *complete* voiceprint made by ``model_id``."""
+        ...
+
+    def list(self, namespace: Namespace = Namespace.CUSTOMER) -> list[VoiceprintInfo]: ...
+
+    def touch(self, namespace: Namespace, subject_id: str, when: float) -> None: ...
+
+    def consent(self, subject_id: str) -> Consent | None: ...
+
+    def opt_out(self, subject_id: str, *, event: AuditRecord) -> None: ...
+
+    def is_opted_out(self, subject_id: str) -> bool: ...
+
+    def purge_unused(self, older_than: float, *, actor: str = "system") -> list[str]: ...
+
+    def rotate_key(self, *, actor: str = "system") -> str: ...
+
+    def audit(self, event: AuditRecord) -> None: ...
+
+    def audit_events(self) -> list[AuditEvent]: ...
+
+    def verify_audit(self) -> AuditCheck: ...
+
+    def close(self) -> None: ...
