@@ -145,8 +145,10 @@ class Bench:
         embedder: EcapaEmbedder | None = None,
         calibrations: CalibrationSet | None = None,
         progress: bool = True,
+        cache: dict[tuple[str, ...], Embedded] | None = None,
     ) -> None:
         self.settings = settings
+        self.cache = cache if cache is not None else {}
         self.embedder = embedder or EcapaEmbedder()
         self.calibrations = calibrations or default_calibration()
         self.policy = Policy(target_far=settings.target_far)
@@ -157,7 +159,12 @@ class Bench:
         from tqdm import tqdm
 
         out: dict[Path, Embedded] = {}
+        st = self.settings
         for index, path in enumerate(tqdm(files, desc=label, disable=not self.progress, leave=False)):
+            key = (str(path), st.channel, str(st.noise_snr), str(st.max_seconds if is_test else None), str(st.baseline))
+            if key in self.cache:
+                out[path] = self.cache[key]
+                continue
             try:
                 audio = condition(load_audio(path), self.settings, is_test=is_test, seed=index)
             except AudioError as exc:
@@ -171,7 +178,7 @@ class Bench:
                 continue
             ours = self.embedder.embed([analysis.speech.samples])[0]
             base = self._baseline_embed(audio.samples) if self.settings.baseline else None
-            out[path] = Embedded(ours, analysis.report.speech_s, base)
+            out[path] = self.cache[key] = Embedded(ours, analysis.report.speech_s, base)
         return out
 
     def _baseline_embed(self, samples: np.ndarray) -> np.ndarray:

@@ -98,7 +98,7 @@ def enroll(customer: str, files: Sequence[str], replace: bool, update: bool, con
         )
     show_bar = len(files) > 1 and not as_json
     with open_client(store, model_dir) as va, click.progressbar(
-        length=len(files), label="analysing", file=sys.stderr if show_bar else open(os.devnull, "w")
+        length=len(files), label="analysing", file=sys.stderr, hidden=not show_bar
     ) as bar:
         result = va.enroll(customer, list(files), consent=consent, legacy_migration=legacy_migration,
                            replace=replace, update=update, channel=channel,
@@ -382,6 +382,49 @@ def audit_show(customer: str | None, last: int, store: str, model_dir: str | Non
     emit(as_json, [asdict(e) for e in events], "\n".join(
         f"{e.seq:>6} {e.time:.0f} {e.action:<14} {e.subject_id or '-':<16} {e.outcome:<14} {e.actor}"
         for e in events) or "no events")
+
+
+@cli.group()
+def watchlist() -> None:
+    """Known-fraudster voiceprints, screened on every verification and call."""
+
+
+@watchlist.command(name="add")
+@click.argument("label")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--reason", required=True, help="Why this voice is listed (case reference).")
+@click.option("--update", is_flag=True, help="Add speech to an existing entry.")
+@store_options
+def watchlist_add(label: str, files: Sequence[str], reason: str, update: bool, store: str,
+                  model_dir: str | None, as_json: bool) -> None:
+    """List the voice in FILES under LABEL."""
+    from voiceauth.results import as_dict
+
+    with open_client(store, model_dir) as va:
+        info = va.watchlist.add(label, list(files), reason=reason, update=update)
+    emit(as_json, as_dict(info), f"{label}: on the watchlist ({info.speech_s:.1f} s of speech)")
+
+
+@watchlist.command(name="list")
+@store_options
+def watchlist_list(store: str, model_dir: str | None, as_json: bool) -> None:
+    """Show watchlist entries."""
+    from voiceauth.results import as_dict
+
+    with open_client(store, model_dir) as va:
+        infos = va.watchlist.list()
+    emit(as_json, [as_dict(i) for i in infos],
+         "\n".join(f"{i.subject_id}\t{i.meta.get('reason', '')}\t{i.speech_s:.1f} s" for i in infos) or "empty")
+
+
+@watchlist.command(name="remove")
+@click.argument("label")
+@store_options
+def watchlist_remove(label: str, store: str, model_dir: str | None, as_json: bool) -> None:
+    """Remove LABEL from the watchlist."""
+    with open_client(store, model_dir) as va:
+        removed = va.watchlist.remove(label)
+    emit(as_json, {"label": label, "removed": removed}, f"{label}: {'removed' if removed else 'not listed'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

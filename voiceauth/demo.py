@@ -106,8 +106,7 @@ def run_demo(model_dir: str | None = None, progress: bool = True) -> DemoReport:
         store = SQLiteStore(Path(tmp) / "demo.db", keyring=KeyRing.ephemeral())
         with VoiceAuth(store, model_dir=model_dir, actor="demo") as va:
             steps = len(speakers) + len(tests)
-            out = None if progress else open("/dev/null", "w")  # noqa: SIM115 - closed below
-            with click.progressbar(length=steps, label="enrolling and verifying", file=out) as bar:
+            with click.progressbar(length=steps, label="enrolling and verifying", hidden=not progress) as bar:
                 for speaker in speakers:
                     va.enroll(speaker, by_meeting[enrol_in][speaker], consent=consent)
                     bar.update(1)
@@ -126,6 +125,4 @@ def run_demo(model_dir: str | None = None, progress: bool = True) -> DemoReport:
                             report.per_speaker[speaker].add(result.decision)
                         report.scores.append(result.llr)
                         report.labels.append(genuine)
-            if out is not None:
-                out.close()
     return report

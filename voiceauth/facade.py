@@ -35,6 +35,7 @@ from voiceauth.scoring import CalibrationSet, Decision, Normalisation, Policy, S
 from voiceauth.speech import SpeechAnalysis, analyse
 from voiceauth.store import open_store
 from voiceauth.store.base import AuditRecord, Consent, Namespace, Store, VoiceprintInfo
+from voiceauth.watchlist import Watchlist
 
 AudioSource = Union[str, "os.PathLike[str]", np.ndarray, Audio]
 
@@ -106,6 +107,7 @@ class VoiceAuth:
         self.actor = actor
         self._cohort: tuple[float, list[str], np.ndarray] | None = None
         self._cohort_lock = threading.Lock()
+        self.watchlist = Watchlist(self)
 
     @staticmethod
     def _make_embedder(embedder: Embedder | str | None, model_dir: str | os.PathLike[str] | None) -> Embedder:
@@ -155,6 +157,13 @@ class VoiceAuth:
             if used:
                 speech.append(analysis.speech.samples)
         return _Prepared(speech, reports)
+
+    @staticmethod
+    def _as_sources(samples: Sequence[AudioSource] | AudioSource) -> list[AudioSource]:
+        sources = [samples] if isinstance(samples, (str, os.PathLike, np.ndarray, Audio)) else list(samples)
+        if not sources:
+            raise NoSpeechError("no samples given; pass at least one recording")
+        return sources
 
     def _cohort_matrix(self, exclude: str) -> np.ndarray:
         with self._cohort_lock:
@@ -208,9 +217,7 @@ class VoiceAuth:
             self.store.clear_opt_out(
                 customer_id, event=AuditRecord("opt_in", customer_id, "fresh_consent", self.actor)
             )
-        sources = [samples] if isinstance(samples, (str, os.PathLike, np.ndarray, Audio)) else list(samples)
-        if not sources:
-            raise NoSpeechError(f"no samples given to enrol {customer_id}; pass at least one recording")
+        sources = self._as_sources(samples)
         prepared = self._analyse(sources, sample_rate, channel, on_sample)
         if not prepared.speech:
             total = sum(r.speech_s for r in prepared.reports)
@@ -296,6 +303,11 @@ class VoiceAuth:
         decision = self.scorer.decide(score, speech_s)
         if score.normalisation is Normalisation.RAW:
             flags += (Flag.SMALL_COHORT,)
+        hit = self.watchlist.screen(embedding, speech_s, customer_id)
+        if hit is not None:
+            flags += (Flag.FRAUDSTER_MATCH,)
+            if decision is Decision.ACCEPT:
+                decision = Decision.REJECT
         thresholds = self.scorer.thresholds(score.normalisation)
         result = VerificationResult(
             customer_id=customer_id,
@@ -307,6 +319,7 @@ class VoiceAuth:
             speech_s=round(speech_s, 2),
             flags=flags,
             expected_far=thresholds.expected_far,
+            watchlist_hit=hit,
         )
         self.store.touch(Namespace.CUSTOMER, customer_id, time.time())
         self.store.audit(

@@ -254,7 +254,7 @@ class Policy:
 
     target_far: float = 0.01
     max_false_reject: float = 0.02
-    min_speech_s: float = 2.0
+    min_speech_s: float = 1.0
     prior: float = 0.5
 
     def __post_init__(self) -> None:

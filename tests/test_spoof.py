@@ -1,0 +1,139 @@
+"""The AASIST spoof countermeasure: weights contract, behaviour on real and synthetic speech."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voiceauth import models
+from voiceauth.errors import AudioDecodeError, ModelChecksumError, NoSpeechError
+from voiceauth.spoof import WINDOW_SAMPLES, SpoofDetector, SpoofResult, window_starts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    return models.resolve(models.AASIST)
+
+
+@pytest.fixture(scope="module")
+def detector(model_dir: Path) -> SpoofDetector:
+    """One loaded model for the module; one window per call keeps the tests fast on CPU."""
+    return SpoofDetector(model_dir, max_windows=1).load()
+
+
+def test_import_does_not_load_torch() -> None:
+    code = "import sys, voiceauth.spoof; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_state_dict_loads_strictly_and_covers_every_weight(model_dir: Path) -> None:
+    import torch
+
+    from voiceauth.spoof_net import load_aasist
+
+    net = load_aasist(model_dir)  # load_state_dict(strict=True) inside
+    published = torch.load(model_dir / "AASIST.pth", map_location="cpu", weights_only=True)
+    assert set(net.state_dict()) == set(published)
+    assert sum(p.numel() for p in net.parameters()) == 297_866  # the paper's "297K parameters"
+
+
+def test_network_output_shape(detector: SpoofDetector) -> None:
+    import torch
+
+    with torch.inference_mode():
+        out = detector.network(torch.zeros(3, WINDOW_SAMPLES))
+    assert tuple(out.shape) == (3, 2)
+    assert torch.isfinite(out).all()
+
+
+def test_window_plan() -> None:
+    assert window_starts(100) == [0]
+    assert window_starts(WINDOW_SAMPLES) == [0]
+    assert window_starts(WINDOW_SAMPLES + 1, max_windows=8) == [0, 1]
+    starts = window_starts(60 * 16000, max_windows=8)
+    assert len(starts) == 8 and starts[0] == 0 and starts[-1] == 60 * 16000 - WINDOW_SAMPLES
+
+
+def test_bona_fide_librispeech_is_mostly_not_suspected(
+    detector: SpoofDetector, speakers: dict[str, list[Path]]
+) -> None:
+    from voiceauth.audio import load_audio
+
+    files = [paths[0] for paths in speakers.values()][:10]
+    assert len(files) == 10
+    results = [detector.score(a.samples, a.sample_rate) for a in map(load_audio, files)]
+    passed = sum(not r.suspected for r in results)
+    assert passed >= 8, [round(r.score, 2) for r in results]
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not on PATH (apt-get install espeak-ng)")
+def test_espeak_synthetic_speech_is_mostly_suspected(detector: SpoofDetector, tmp_path: Path) -> None:
+    from voiceauth.audio import load_audio
+
+    results = []
+    for voice in ("en-us", "en-gb", "en+f3", "en-us+m3"):
+        wav = tmp_path / f"{voice}.wav"
+        text = "Hello, I would like to check the balance of my current account, please."
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True)
+        audio = load_audio(wav)
+        results.append(detector.score(audio.samples, audio.sample_rate))
+    assert sum(r.suspected for r in results) >= 3, [round(r.score, 2) for r in results]
+    assert all(r.spoof_probability > 0.5 for r in results if r.suspected)
+
+
+def test_corrupt_weights_raise_checksum_error(model_dir: Path, tmp_path: Path) -> None:
+    for name in models.AASIST.files:
+        shutil.copy(model_dir / name, tmp_path / name)
+    with open(tmp_path / "AASIST.pth", "r+b") as fh:
+        fh.seek(1000)
+        byte = fh.read(1)
+        fh.seek(1000)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ModelChecksumError):
+        SpoofDetector(tmp_path).load()
+
+
+def test_short_input_and_8khz(detector: SpoofDetector) -> None:
+    rng = np.random.default_rng(0)
+    half_second = (0.1 * rng.standard_normal(8000)).astype(np.float32)
+    result = detector.score(half_second, 16000)
+    assert isinstance(result, SpoofResult) and result.windows == 1 and np.isfinite(result.score)
+    narrow = detector.score(half_second, 8000)
+    assert np.isfinite(narrow.score) and 0.0 <= narrow.spoof_probability <= 1.0
+
+
+def test_silence_gives_finite_scores(detector: SpoofDetector) -> None:
+    result = detector.score(np.zeros(32000, dtype=np.float32), 16000)
+    assert np.isfinite(result.score) and 0.0 <= result.spoof_probability <= 1.0
+
+
+def test_bad_input_is_rejected(detector: SpoofDetector) -> None:
+    with pytest.raises(NoSpeechError):
+        detector.score(np.zeros(0, dtype=np.float32), 16000)
+    with pytest.raises(AudioDecodeError):
+        detector.score(np.array([0.0, np.nan], dtype=np.float32), 16000)
+
+
+def test_concurrent_scoring_matches_sequential(detector: SpoofDetector) -> None:
+    rng = np.random.default_rng(1)
+    clips = [(0.05 * rng.standard_normal(16000)).astype(np.float32) for _ in range(3)]
+    expected = [detector.score(c, 16000).score for c in clips]
+    got: dict[int, float] = {}
+
+    def work(i: int) -> None:
+        got[i] = detector.score(clips[i], 16000).score
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i] for i in range(3)] == pytest.approx(expected, abs=1e-4)

