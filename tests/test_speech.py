@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -155,7 +155,7 @@ def test_empty_audio() -> None:
     assert report.speech_s == 0.0 and report.duration_s == 0.0 and report.clipping_ratio == 0.0
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None)
 @given(
     samples=hnp.arrays(np.float32, st.integers(0, 3000)),
     rate=st.sampled_from([8000, 16000, 11025, 100]),

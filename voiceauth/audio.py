@@ -164,6 +164,8 @@ def _check_finite(samples: np.ndarray, name: str) -> None:
 def decode_bytes(data: bytes, encoding: Encoding | str, sample_rate: int) -> Audio:
     """Raw telephony bytes (no header, little-endian) to an ``Audio`` at ``sample_rate``.
 
+    No resampling. float32 samples are clipped to [-1, 1]; empty ``data`` gives empty audio.
+
     Raises:
         AudioDecodeError: unknown encoding, unsupported rate, a byte count that is not
             a whole number of samples, or NaN/inf float32 samples.
@@ -173,7 +175,11 @@ def decode_bytes(data: bytes, encoding: Encoding | str, sample_rate: int) -> Aud
         raise AudioDecodeError(
             f"raw {enc.value} audio must be bytes, got {type(data).__name__}; pass the payload bytes"
         )
-    if isinstance(sample_rate, bool) or sample_rate not in SUPPORTED_RATES:
+    if (
+        isinstance(sample_rate, bool)
+        or not isinstance(sample_rate, (int, np.integer))
+        or sample_rate not in SUPPORTED_RATES
+    ):
         rates = " or ".join(str(r) for r in SUPPORTED_RATES)
         raise AudioDecodeError(f"unsupported sample rate {sample_rate!r} for raw {enc.value} audio; use {rates} Hz")
     width = enc.sample_width

@@ -155,13 +155,16 @@ class Bench:
         self.progress = progress
         self.skipped: list[str] = []
 
-    def _embed_files(self, files: Sequence[Path], label: str, *, is_test: bool) -> dict[Path, Embedded]:
+    def _embed_files(
+        self, files: Sequence[Path], label: str, *, is_test: bool, baseline: bool = True
+    ) -> dict[Path, Embedded]:
         from tqdm import tqdm
 
         out: dict[Path, Embedded] = {}
         st = self.settings
         for index, path in enumerate(tqdm(files, desc=label, disable=not self.progress, leave=False)):
-            key = (str(path), st.channel, str(st.noise_snr), str(st.max_seconds if is_test else None), str(st.baseline))
+            with_base = st.baseline and baseline
+            key = (str(path), st.channel, str(st.noise_snr), str(st.max_seconds if is_test else None), str(with_base))
             if key in self.cache:
                 out[path] = self.cache[key]
                 continue
@@ -177,7 +180,7 @@ class Bench:
                 self.skipped.append(str(path))
                 continue
             ours = self.embedder.embed([analysis.speech.samples])[0]
-            base = self._baseline_embed(audio.samples) if self.settings.baseline else None
+            base = self._baseline_embed(audio.samples) if with_base else None
             out[path] = self.cache[key] = Embedded(ours, analysis.report.speech_s, base)
         return out
 
@@ -194,7 +197,7 @@ class Bench:
         test_files = [p for files in split.tests.values() for p in files]
         enrolled = self._embed_files(enrol_files, "enrolment", is_test=False)
         tested = self._embed_files(test_files + list(split.impostors), "trials", is_test=True)
-        cohort_emb = self._embed_files(split.cohort, "cohort", is_test=False)
+        cohort_emb = self._embed_files(split.cohort, "cohort", is_test=False, baseline=False)
 
         speakers = [s for s in split.enrol if any(p in enrolled for p in split.enrol[s])]
         ours_vp, base_vp = {}, {}

@@ -1,34 +1,90 @@
 """Trials and their metrics: FAR / FRR, EER, minDCF, confidence intervals, DET plots.
 
-Conventions: ``scores`` is 1-D float (higher = more likely the same speaker), ``labels``
-1-D bool (True = genuine trial). A trial is accepted when ``score >= threshold``.
-FAR is the share of impostor trials accepted, FRR the share of genuine trials rejected.
+Conventions used throughout:
+
+* ``scores`` is a 1-D float array; higher means "more likely the same speaker".
+* ``labels`` is a 1-D bool array (``0``/``1`` also accepted); ``True`` marks a genuine
+  (target) trial, ``False`` an impostor (non-target) trial.
+* A trial is accepted when ``score >= threshold``.
+* FAR is the fraction of impostor trials accepted, FRR the fraction of genuine trials rejected.
+
+Everything that takes trials validates them and raises
+:class:`~voiceauth.errors.CalibrationError` with a message saying what is wrong.
+Plotting imports matplotlib lazily (Agg canvas, no pyplot state), so importing
+this module stays cheap.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from voiceauth.errors import CalibrationError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "Interval",
+    "Metrics",
+    "OperatingPoint",
+    "clopper_pearson",
+    "compute_metrics",
+    "det_points",
+    "eer",
+    "error_rates",
+    "min_dcf",
+    "operating_point",
+    "plot_det",
+    "plot_score_histograms",
+    "threshold_for_far",
+    "threshold_for_frr",
+]
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def _pct(x: float) -> str:
+    """A rate as a short percentage: one decimal, or two significant digits below 0.1 %."""
+    p = 100.0 * x
+    if p == 0.0 or p >= 0.1:
+        return f"{p:.1f}%"
+    return f"{p:.2g}%"
 
 
 @dataclass(frozen=True)
 class Interval:
+    """A confidence interval for a rate, both ends in [0, 1]."""
+
     low: float
     high: float
 
     def __str__(self) -> str:
-        return f"{self.low:.2%}–{self.high:.2%}"
+        return f"{_pct(self.low)}–{_pct(self.high)}"
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> Interval:
-    """Exact binomial confidence interval for ``k`` events in ``n`` trials."""
-    if n <= 0:
+    """Exact (Clopper-Pearson) two-sided binomial interval for ``k`` events in ``n`` trials.
+
+    With no trials (``n == 0``) nothing is known and ``Interval(0.0, 1.0)`` is returned.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise CalibrationError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
+    if n < 0 or not 0 <= k <= max(n, 0):
+        raise CalibrationError(f"need 0 <= k <= n for a binomial interval, got k={k}, n={n}")
+    if n == 0:
         return Interval(0.0, 1.0)
     from scipy.stats import beta
 
@@ -38,98 +94,235 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> Interval:
     return Interval(low, high)
 
 
-def _validate(scores: np.ndarray, labels: np.ndarray, *, both: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=bool)
-    if s.ndim != 1 or y.ndim != 1 or len(s) != len(y):
-        raise CalibrationError(f"scores and labels must be 1-D and of equal length, got {s.shape} and {y.shape}")
-    if not np.all(np.isfinite(s)):
-        raise CalibrationError("scores contain NaN or infinite values; drop or fix those trials")
-    if both and (not y.any() or y.all()):
+# --------------------------------------------------------------------------- validation
+
+
+def _as_scores(scores: npt.ArrayLike, what: str = "scores") -> FloatArray:
+    try:
+        s = np.asarray(scores, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise CalibrationError(f"{what} must be numbers ({exc}); pass a 1-D float array") from exc
+    if s.ndim != 1:
+        raise CalibrationError(f"{what} must be a 1-D array, got shape {s.shape}; flatten or select one column")
+    if s.size == 0:
+        raise CalibrationError(f"{what} is empty; evaluation needs at least one trial")
+    bad = ~np.isfinite(s)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
         raise CalibrationError(
-            f"need both genuine and impostor trials, got {int(y.sum())} genuine and {int((~y).sum())} impostor"
+            f"{what} contain {int(bad.sum())} NaN or infinite value(s) (first at index {first}); "
+            "drop or re-score those trials before evaluating"
         )
+    return s
+
+
+def _as_labels(labels: npt.ArrayLike) -> BoolArray:
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        raise CalibrationError(f"labels must be a 1-D array, got shape {y.shape}")
+    if y.dtype == np.bool_:
+        return y
+    if y.dtype.kind in "iuf" and np.all((y == 0) | (y == 1)):
+        return y.astype(bool)
+    raise CalibrationError(
+        f"labels must be booleans (True = genuine, False = impostor) or 0/1, got dtype {y.dtype}; "
+        "convert them with labels == 'genuine' or similar"
+    )
+
+
+def _validate(scores: npt.ArrayLike, labels: npt.ArrayLike, *, both: bool = True) -> tuple[FloatArray, BoolArray]:
+    s = _as_scores(scores)
+    y = _as_labels(labels)
+    if len(s) != len(y):
+        raise CalibrationError(f"scores and labels differ in length ({len(s)} vs {len(y)}); pass one label per trial")
+    if both:
+        n_gen = int(y.sum())
+        if n_gen == 0 or n_gen == len(y):
+            raise CalibrationError(
+                f"need both genuine and impostor trials, got {n_gen} genuine and {len(y) - n_gen} impostor; "
+                "add trials of the missing kind"
+            )
     return s, y
 
 
-def error_rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float, float]:
-    """(FAR, FRR) at ``threshold``."""
+def _check_rate(value: float, name: str) -> float:
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise CalibrationError(f"{name} must be a rate in [0, 1], got {value!r}")
+    return v
+
+
+def _check_threshold(threshold: float) -> float:
+    t = float(threshold)
+    if math.isnan(t):
+        raise CalibrationError("threshold is NaN; pass a real number")
+    return t
+
+
+# --------------------------------------------------------------------------- error rates
+
+
+def error_rates(scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: float) -> tuple[float, float]:
+    """(FAR, FRR) when accepting every trial with ``score >= threshold``."""
     s, y = _validate(scores, labels)
-    far = float(np.mean(s[~y] >= threshold))
-    frr = float(np.mean(s[y] < threshold))
-    return far, frr
+    t = _check_threshold(threshold)
+    n_gen = int(y.sum())
+    n_imp = len(y) - n_gen
+    n_fa = int(np.count_nonzero(s[~y] >= t))
+    n_fr = int(np.count_nonzero(s[y] < t))
+    return n_fa / n_imp, n_fr / n_gen
 
 
-def det_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(thresholds, FAR, FRR) at every distinct score, thresholds ascending."""
-    s, y = _validate(scores, labels)
-    order = np.argsort(s, kind="mergesort")
-    s, y = s[order], y[order]
-    thresholds, first = np.unique(s, return_index=True)
-    genuine_below = np.concatenate([[0], np.cumsum(y)])[first]
-    impostor_below = np.concatenate([[0], np.cumsum(~y)])[first]
-    frr = genuine_below / y.sum()
-    far = 1.0 - impostor_below / (~y).sum()
-    return thresholds, far, frr
+def _det(s: FloatArray, y: BoolArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """det_points on already validated trials."""
+    order = np.argsort(s, kind="stable")
+    s_sorted = s[order]
+    y_sorted = y[order]
+    # index of the first trial of each run of equal scores
+    starts = np.flatnonzero(np.concatenate(([True], s_sorted[1:] != s_sorted[:-1])))
+    genuine_cum = np.concatenate(([0], np.cumsum(y_sorted, dtype=np.int64)))
+    genuine_below = genuine_cum[starts]  # genuine trials with score < threshold: rejected
+    impostor_below = starts - genuine_below
+    n_gen = int(genuine_cum[-1])
+    n_imp = len(s) - n_gen
+    far = (n_imp - impostor_below) / n_imp
+    frr = genuine_below / n_gen
+    return s_sorted[starts], far.astype(np.float64), frr.astype(np.float64)
 
 
-def eer(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Equal error rate and its threshold, by linear interpolation where FAR and FRR cross."""
-    thresholds, far, frr = det_points(scores, labels)
-    diff = far - frr  # decreasing in the threshold
-    i = int(np.argmax(diff <= 0)) if np.any(diff <= 0) else len(diff) - 1
-    if i == 0:
-        return float((far[0] + frr[0]) / 2), float(thresholds[0])
-    d0, d1 = diff[i - 1], diff[i]
-    w = d0 / (d0 - d1) if d0 != d1 else 0.5
-    rate = (1 - w) * (far[i - 1] + frr[i - 1]) / 2 + w * (far[i] + frr[i]) / 2
-    threshold = (1 - w) * thresholds[i - 1] + w * thresholds[i]
-    return float(rate), float(threshold)
+def det_points(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(thresholds, FAR, FRR) at every distinct score, thresholds ascending.
+
+    ``far[i]`` and ``frr[i]`` are the error rates when accepting ``score >= thresholds[i]``;
+    the first point accepts everything (FAR 1, FRR 0). The reject-everything point
+    (FAR 0, FRR 1, any threshold above the top score) is not included. O(n log n).
+    """
+    return _det(*_validate(scores, labels))
 
 
-def min_dcf(
-    scores: np.ndarray, labels: np.ndarray, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0
+def _det_closed(s: FloatArray, y: BoolArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """det_points plus the reject-everything point, at the float just above the top score."""
+    thresholds, far, frr = _det(s, y)
+    top = np.nextafter(thresholds[-1], np.inf)
+    return np.append(thresholds, top), np.append(far, 0.0), np.append(frr, 1.0)
+
+
+def _eer(s: FloatArray, y: BoolArray) -> tuple[float, float]:
+    return _eer_on(*_det_closed(s, y))
+
+
+def _eer_on(thresholds: FloatArray, far: FloatArray, frr: FloatArray) -> tuple[float, float]:
+    diff = far - frr  # non-increasing; +1 at the first point, -1 at the last
+    i = int(np.argmax(diff <= 0))  # first point where FRR has caught up with FAR; always >= 1
+    d0, d1 = float(diff[i - 1]), float(diff[i])
+    w = d0 / (d0 - d1)  # d0 > 0 >= d1, so 0 < w <= 1
+    rate = float(far[i - 1] + w * (far[i] - far[i - 1]))
+    threshold = float(thresholds[i - 1] + w * (thresholds[i] - thresholds[i - 1]))
+    return rate, threshold
+
+
+def eer(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[float, float]:
+    """Equal error rate and the threshold where it occurs.
+
+    Uses linear interpolation on the empirical DET staircase: between the last
+    threshold where FAR > FRR and the first where FAR <= FRR, the segment joining the
+    two (FAR, FRR) points is intersected with FAR = FRR. The threshold is interpolated
+    with the same weight (so it usually lies between two observed scores). Perfectly
+    separated trials give EER 0 at the lowest genuine score.
+    """
+    return _eer(*_validate(scores, labels))
+
+
+def _min_dcf_on(
+    det: tuple[FloatArray, FloatArray, FloatArray], p_target: float, c_miss: float, c_fa: float
 ) -> tuple[float, float]:
-    """Normalised minimum detection cost (NIST SRE convention) and its threshold."""
-    thresholds, far, frr = det_points(scores, labels)
-    # also consider rejecting everything (threshold above the top score)
-    far = np.append(far, 0.0)
-    frr = np.append(frr, 1.0)
-    thresholds = np.append(thresholds, np.inf)
-    cost = c_miss * p_target * frr + c_fa * (1 - p_target) * far
+    thresholds, far, frr = det
+    cost = c_miss * p_target * frr + c_fa * (1.0 - p_target) * far
     best = int(np.argmin(cost))
-    norm = min(c_miss * p_target, c_fa * (1 - p_target))
+    norm = min(c_miss * p_target, c_fa * (1.0 - p_target))
     return float(cost[best] / norm), float(thresholds[best])
 
 
-def threshold_for_far(impostor_scores: np.ndarray, target_far: float) -> float:
-    """Smallest threshold whose empirical FAR is at most ``target_far``."""
-    s = np.sort(np.asarray(impostor_scores, dtype=np.float64))
-    if not len(s):
-        raise CalibrationError("no impostor trials to place a false-accept threshold on")
-    allowed = int(np.floor(target_far * len(s) + 1e-9))  # impostors that may score >= threshold
-    if allowed >= len(s):
+def _check_dcf_params(p_target: float, c_miss: float, c_fa: float) -> None:
+    if not 0.0 < p_target < 1.0:
+        raise CalibrationError(f"p_target must lie strictly between 0 and 1, got {p_target!r}")
+    if not (c_miss > 0 and c_fa > 0 and math.isfinite(c_miss) and math.isfinite(c_fa)):
+        raise CalibrationError(f"c_miss and c_fa must be positive finite costs, got {c_miss!r} and {c_fa!r}")
+
+
+def min_dcf(
+    scores: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    p_target: float,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+) -> tuple[float, float]:
+    """Normalised minimum detection cost and the threshold attaining it.
+
+    DCF(t) = c_miss * p_target * FRR(t) + c_fa * (1 - p_target) * FAR(t), minimised over
+    every empirical threshold (including accept-all and reject-all) and divided by
+    min(c_miss * p_target, c_fa * (1 - p_target)), the cost of the better trivial system
+    (NIST SRE convention). So 1.0 means "no better than always accepting or always rejecting".
+    """
+    _check_dcf_params(p_target, c_miss, c_fa)
+    return _min_dcf_on(_det_closed(*_validate(scores, labels)), p_target, c_miss, c_fa)
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def _allowed(target: float, n: int) -> int:
+    """The largest k with k / n <= target, computed so that k / n really is <= target in floats."""
+    k = min(int(math.floor(target * n)), n)
+    while k < n and (k + 1) / n <= target:
+        k += 1
+    while k > 0 and k / n > target:
+        k -= 1
+    return k
+
+
+def threshold_for_far(impostor_scores: npt.ArrayLike, target_far: float) -> float:
+    """The smallest threshold whose empirical FAR is at most ``target_far``.
+
+    With ``k`` the most impostors allowed through (``k / n <= target_far``), the result is
+    the float just above the (k+1)-th highest impostor score: every threshold below it
+    accepts at least k+1 impostors. Ties are handled (tied scores are accepted or rejected
+    together). When every impostor may be accepted (``target_far >= 1``) the lowest
+    impostor score is returned; lower thresholds behave identically on these trials.
+    """
+    s = np.sort(_as_scores(impostor_scores, "impostor scores"))
+    target = _check_rate(target_far, "target_far")
+    n = len(s)
+    k = _allowed(target, n)
+    if k >= n:
         return float(s[0])
-    if allowed == 0:
+    return float(np.nextafter(s[n - k - 1], np.inf))
+
+
+def threshold_for_frr(genuine_scores: npt.ArrayLike, target_frr: float) -> float:
+    """The largest threshold whose empirical FRR is at most ``target_frr``.
+
+    With ``k`` the most genuine trials allowed to be rejected (``k / n <= target_frr``),
+    the result is the (k+1)-th lowest genuine score: only scores strictly below it are
+    rejected, and any higher threshold rejects at least k+1. When every genuine trial may
+    be rejected (``target_frr >= 1``) the float just above the top score is returned.
+    """
+    s = np.sort(_as_scores(genuine_scores, "genuine scores"))
+    target = _check_rate(target_frr, "target_frr")
+    n = len(s)
+    k = _allowed(target, n)
+    if k >= n:
         return float(np.nextafter(s[-1], np.inf))
-    candidate = s[len(s) - allowed]
-    # ties: if the score just below equals the candidate, step above it
-    if s[len(s) - allowed - 1] == candidate:
-        return float(np.nextafter(candidate, np.inf))
-    return float(candidate)
+    return float(s[k])
 
 
-def threshold_for_frr(genuine_scores: np.ndarray, target_frr: float) -> float:
-    """Largest threshold whose empirical FRR (share of genuine scores below it) is at most ``target_frr``."""
-    s = np.sort(np.asarray(genuine_scores, dtype=np.float64))
-    if not len(s):
-        raise CalibrationError("no genuine trials to place a false-reject threshold on")
-    allowed = int(np.floor(target_frr * len(s) + 1e-9))
-    return float(s[min(allowed, len(s) - 1)])
+# --------------------------------------------------------------------------- summaries
 
 
 @dataclass(frozen=True)
 class OperatingPoint:
+    """Error rates at one threshold, with exact binomial confidence intervals."""
+
     threshold: float
     far: float
     frr: float
@@ -138,108 +331,215 @@ class OperatingPoint:
     n_genuine: int
     n_impostor: int
 
+    def __str__(self) -> str:
+        return (
+            f"threshold {self.threshold:.4g}: FAR {_pct(self.far)} ({self.far_interval}, n={self.n_impostor}), "
+            f"FRR {_pct(self.frr)} ({self.frr_interval}, n={self.n_genuine})"
+        )
 
-def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float, confidence: float = 0.95) -> OperatingPoint:
+
+def operating_point(
+    scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: float, confidence: float = 0.95
+) -> OperatingPoint:
+    """FAR and FRR at ``threshold`` with Clopper-Pearson intervals at ``confidence``."""
     s, y = _validate(scores, labels)
-    n_fa = int(np.sum(s[~y] >= threshold))
-    n_fr = int(np.sum(s[y] < threshold))
-    n_imp, n_gen = int((~y).sum()), int(y.sum())
-    return OperatingPoint(threshold, n_fa / n_imp, n_fr / n_gen, clopper_pearson(n_fa, n_imp, confidence),
-                          clopper_pearson(n_fr, n_gen, confidence), n_gen, n_imp)
+    t = _check_threshold(threshold)
+    genuine, impostor = s[y], s[~y]
+    n_fa = int(np.count_nonzero(impostor >= t))
+    n_fr = int(np.count_nonzero(genuine < t))
+    n_gen, n_imp = len(genuine), len(impostor)
+    return OperatingPoint(
+        threshold=t,
+        far=n_fa / n_imp,
+        frr=n_fr / n_gen,
+        far_interval=clopper_pearson(n_fa, n_imp, confidence),
+        frr_interval=clopper_pearson(n_fr, n_gen, confidence),
+        n_genuine=n_gen,
+        n_impostor=n_imp,
+    )
 
 
 @dataclass(frozen=True)
 class Metrics:
+    """Threshold-free summary of a set of trials."""
+
     eer: float
     eer_threshold: float
-    min_dcf_01: float
-    min_dcf_001: float
+    min_dcf_01: float  # p_target = 0.01, c_miss = c_fa = 1
+    min_dcf_001: float  # p_target = 0.001, c_miss = c_fa = 1
     n_genuine: int
     n_impostor: int
 
     def to_dict(self) -> dict[str, float | int]:
+        """Plain dict, ready for JSON."""
         return asdict(self)
 
 
-def compute_metrics(scores: np.ndarray, labels: np.ndarray) -> Metrics:
+def compute_metrics(scores: npt.ArrayLike, labels: npt.ArrayLike) -> Metrics:
+    """EER (with threshold), minDCF at p_target 0.01 and 0.001, and trial counts."""
     s, y = _validate(scores, labels)
-    rate, threshold = eer(s, y)
-    return Metrics(rate, threshold, min_dcf(s, y, 0.01)[0], min_dcf(s, y, 0.001)[0], int(y.sum()), int((~y).sum()))
+    det = _det_closed(s, y)
+    rate, threshold = _eer_on(*det)
+    n_gen = int(y.sum())
+    return Metrics(
+        eer=rate,
+        eer_threshold=threshold,
+        min_dcf_01=_min_dcf_on(det, 0.01, 1.0, 1.0)[0],
+        min_dcf_001=_min_dcf_on(det, 0.001, 1.0, 1.0)[0],
+        n_genuine=n_gen,
+        n_impostor=len(y) - n_gen,
+    )
 
 
-_DET_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
+# --------------------------------------------------------------------------- plots
+
+_DET_TICKS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+_DET_LOW_MAX = 0.0005  # the axes start at or below 0.05 %
+_DET_LOW_MIN = 0.00005  # ...and never below 0.005 %
+_DET_HIGH = 0.5
+
+
+def _new_figure(width: float, height: float) -> tuple[Figure, Axes]:
+    """A Figure on an Agg canvas, outside pyplot's global figure registry."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150, format="png")
+    return out
+
+
+def _thin(x: FloatArray, y: FloatArray, step: float = 0.004) -> tuple[FloatArray, FloatArray]:
+    """Drop points closer than ``step`` (along the path) to the previous kept one; keeps the shape."""
+    if len(x) <= 2000:
+        return x, y
+    path = np.concatenate(([0.0], np.cumsum(np.hypot(np.diff(x), np.diff(y)))))
+    bucket = np.floor(path / step)
+    keep = np.concatenate(([True], bucket[1:] != bucket[:-1]))
+    keep[-1] = True
+    return x[keep], y[keep]
+
+
+def _smallest_visible(far: FloatArray, frr: FloatArray) -> float:
+    """The smallest positive rate among points whose other rate is on the axes (<= 50 %)."""
+    candidates = np.concatenate((far[(far > 0) & (frr <= _DET_HIGH)], frr[(frr > 0) & (far <= _DET_HIGH)]))
+    return float(candidates.min()) if len(candidates) else 1.0
 
 
 def plot_det(
-    systems: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    systems: Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]],
     path: str | os.PathLike[str],
     *,
     title: str = "DET curve",
     operating_points: Mapping[str, tuple[float, float]] | None = None,
 ) -> Path:
-    """DET curves (probit axes) of several systems, one PNG."""
-    import matplotlib
+    """DET curves of one or more systems on normal-deviate axes, saved as a 150 dpi PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    ``systems`` maps a name to ``(scores, labels)``; each curve's legend shows its EER.
+    ``operating_points`` maps a name to ``(far, frr)``; a point named like a system is
+    drawn in that system's colour. Rates off the axes are drawn on the edge.
+    """
+    if not systems:
+        raise CalibrationError("plot_det needs at least one system (name -> (scores, labels))")
     from scipy.stats import norm
 
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 6))
-    lo, hi = norm.ppf(0.0005), norm.ppf(0.5)
+    curves: dict[str, tuple[FloatArray, FloatArray, float]] = {}
+    smallest = _DET_LOW_MAX
     for name, (scores, labels) in systems.items():
-        _, far, frr = det_points(scores, labels)
-        rate = eer(scores, labels)[0]
-        ax.plot(norm.ppf(np.clip(far, 1e-4, 1 - 1e-4)), norm.ppf(np.clip(frr, 1e-4, 1 - 1e-4)),
-                label=f"{name} (EER {rate:.2%})")
+        try:
+            s, y = _validate(scores, labels)
+        except CalibrationError as exc:
+            raise CalibrationError(f"system {name!r}: {exc}") from exc
+        det = _det_closed(s, y)
+        _, far, frr = det
+        curves[name] = (far, frr, _eer_on(*det)[0])
+        smallest = min(smallest, _smallest_visible(far, frr))
+    for far_v, frr_v in (operating_points or {}).values():
+        _check_rate(far_v, "an operating point's FAR")
+        _check_rate(frr_v, "an operating point's FRR")
+        smallest = min(smallest, _smallest_visible(np.array([far_v]), np.array([frr_v])))
+    low = max(_DET_LOW_MIN, min(_DET_LOW_MAX, smallest / 1.5))
+    lo, hi = float(norm.ppf(low)), float(norm.ppf(_DET_HIGH))
+    # clip just beyond the axes so curves leave through the edge instead of jumping to +-inf
+    eps = low / 2
+
+    def probit(v: npt.ArrayLike) -> FloatArray:
+        return np.asarray(norm.ppf(np.clip(np.asarray(v, dtype=np.float64), eps, 1 - eps)), dtype=np.float64)
+
+    from matplotlib.colors import to_hex
+
+    fig, ax = _new_figure(6.0, 6.0)
+    colours: dict[str, str] = {}
+    for name, (far, frr, rate) in curves.items():
+        x, y = _thin(probit(far), probit(frr))
+        (line,) = ax.plot(x, y, linewidth=1.5, label=f"{name} (EER {_pct(rate)})")
+        colours[name] = to_hex(line.get_color())
     for name, (far_v, frr_v) in (operating_points or {}).items():
-        ax.plot(norm.ppf(np.clip(far_v, 1e-4, 1)), norm.ppf(np.clip(frr_v, 1e-4, 1)), "o", label=name)
-    ticks = norm.ppf(_DET_TICKS)
-    labels_txt = [f"{t * 100:g}" for t in _DET_TICKS]
-    ax.set_xticks(ticks, labels_txt)
-    ax.set_yticks(ticks, labels_txt)
+        ax.plot(
+            probit([far_v]),
+            probit([frr_v]),
+            marker="o",
+            linestyle="none",
+            markersize=7,
+            markeredgecolor="black",
+            color=colours.get(name),
+            label=f"{name}: FAR {_pct(far_v)}, FRR {_pct(frr_v)}",
+        )
+    ax.plot([lo, hi], [lo, hi], color="grey", linestyle=":", linewidth=0.8)
+    ticks = [t for t in _DET_TICKS if low <= t <= _DET_HIGH]
+    positions = [float(norm.ppf(t)) for t in ticks]
+    texts = [f"{100 * t:g}" for t in ticks]
+    ax.set_xticks(positions, texts, fontsize=8)
+    ax.set_yticks(positions, texts, fontsize=8)
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
     ax.set_xlabel("False accept rate (%)")
     ax.set_ylabel("False reject rate (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
+    ax.legend(fontsize=8, loc="upper right")
+    return _save(fig, path)
 
 
 def plot_score_histograms(
-    scores: np.ndarray,
-    labels: np.ndarray,
+    scores: npt.ArrayLike,
+    labels: npt.ArrayLike,
     path: str | os.PathLike[str],
     *,
     title: str = "Scores",
     thresholds: Mapping[str, float] | None = None,
 ) -> Path:
-    """Overlaid genuine / impostor score densities with threshold lines, one PNG."""
-    import matplotlib
+    """Overlaid genuine and impostor score densities, with a dashed line per named threshold.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Either class may be absent (only the other is drawn); saved as a 150 dpi PNG.
+    """
+    s, y = _validate(scores, labels, both=False)
+    lo, hi = float(s.min()), float(s.max())
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    n_bins = int(np.clip(round(math.sqrt(len(s))), 10, 80))
+    edges = np.linspace(lo, hi, n_bins + 1)
 
-    s, y = _validate(scores, labels)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    bins = np.linspace(s.min(), s.max(), 60) if s.max() > s.min() else 10
-    ax.hist(s[~y], bins=bins, density=True, alpha=0.55, label=f"impostor ({int((~y).sum())})")
-    ax.hist(s[y], bins=bins, density=True, alpha=0.55, label=f"genuine ({int(y.sum())})")
-    for name, value in (thresholds or {}).items():
-        ax.axvline(value, color="k", linestyle="--", linewidth=1)
-        ax.text(value, ax.get_ylim()[1] * 0.9, f" {name}", fontsize=8)
+    fig, ax = _new_figure(7.0, 4.0)
+    for mask, name in ((~y, "impostor"), (y, "genuine")):
+        count = int(np.count_nonzero(mask))
+        if count:
+            ax.hist(s[mask], bins=edges, density=True, alpha=0.55, label=f"{name} (n={count})")
+    for i, (name, value) in enumerate((thresholds or {}).items()):
+        t = float(value)
+        if not math.isfinite(t):
+            raise CalibrationError(f"threshold {name!r} is {value!r}; only finite thresholds can be drawn")
+        ax.axvline(t, color=f"C{i + 2}", linestyle="--", linewidth=1.2, label=f"{name} = {t:.3g}")
     ax.set_title(title)
     ax.set_xlabel("score")
+    ax.set_ylabel("density")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
+    return _save(fig, path)

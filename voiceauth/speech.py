@@ -13,7 +13,7 @@ offset never counts). A frame is speech when it is
   dropped.
 
 Isolated bursts shorter than ``MIN_BURST_FRAMES`` are dropped and ``HANGOVER_FRAMES``
-frames after each run are kept, for word endings. About 10 ms per minute of audio.
+frames after each run are kept, for word endings. About 20 ms per minute of audio.
 """
 
 from __future__ import annotations
