@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voiceauth.bench import Bench, BenchSettings, Embedded, Split, split_corpus
+from voiceauth.bench import Bench, BenchSettings, Embedded, Split, TrialSet, split_corpus
 from voiceauth.embedding import EcapaEmbedder
 from voiceauth.evaluation import error_rates, plot_det
 from voiceauth.samples import enrolment_meeting, meeting_speech, meetings
@@ -54,67 +54,63 @@ def meeting_split() -> Split:
     return Split({s: by_meeting[enrol_in][s] for s in speakers}, tests, cohort=cohort_files[: len(cohort_files) // 2])
 
 
-def run(quick: bool) -> tuple[dict[str, object], dict[str, dict[str, np.ndarray]]]:
+def collect(quick: bool) -> dict[str, TrialSet]:
+    """Embed every condition's files once and score all trials."""
     embedder = EcapaEmbedder().load()
     corpora = {"librispeech": librispeech_split(), "meetings": meeting_split()}
     cache: dict[tuple[str, ...], Embedded] = {}
-    results: dict[str, object] = {}
-    trials: dict[str, dict[str, np.ndarray]] = {}
+    out: dict[str, TrialSet] = {}
     for corpus, split in corpora.items():
         for channel, max_s in CONDITIONS[:2] if quick else CONDITIONS:
             name = f"{corpus}-{channel}-{'full' if max_s is None else f'{max_s:.0f}s'}"
             started = time.time()
-            bench = Bench(BenchSettings(3, channel, max_s, None, True), embedder=embedder, cache=cache)
-            result = bench.run(split)
-            result["seconds"] = round(time.time() - started, 1)
-            bench.write(result, RESULTS / "accuracy", name)
-            results[name] = result
-            trials[name] = {k: v for k, v in bench.trials.items() if v is not None}
-            ours, base = result["voiceauth"], result["baseline"]
-            print(f"{name:<28} voiceauth EER {ours['eer']:.2%}  baseline EER {base['eer']:.2%}  "  # type: ignore[index]
-                  f"ratio {ours['eer'] / max(base['eer'], 1e-9):.2f}  far {ours['far']:.2%} frr {ours['frr']:.2%}",  # type: ignore[index]
-                  flush=True)
-    return results, trials
+            out[name] = bench(channel, max_s, embedder, cache).collect(split)
+            print(f"{name}: {len(out[name].labels)} trials in {time.time() - started:.0f} s", flush=True)
+    return out
 
 
-def fit(trials: dict[str, dict[str, np.ndarray]], names: list[str], source: str) -> CalibrationSet:
+def bench(channel: str, max_s: float | None, embedder: EcapaEmbedder | None = None,
+          cache: dict[tuple[str, ...], Embedded] | None = None) -> Bench:
+    return Bench(BenchSettings(3, channel, max_s, None, True), embedder=embedder, cache=cache)
+
+
+def fit(trials: dict[str, TrialSet], names: list[str], source: str) -> CalibrationSet:
     fitted: dict[Normalisation, Calibration] = {}
-    for kind in (Normalisation.RAW, Normalisation.AS_NORM):
-        parts = [trials[n] for n in names if kind.value in trials[n]]
+    for kind, column in ((Normalisation.RAW, "raw"), (Normalisation.AS_NORM, "as_norm")):
+        parts = [trials[n] for n in names if getattr(trials[n], column) is not None]
         if parts:
             fitted[kind] = Calibration.fit(
-                np.concatenate([p[kind.value] for p in parts]),
-                np.concatenate([p["labels"] for p in parts]),
-                np.concatenate([p["speech_s"] for p in parts]),
+                np.concatenate([getattr(p, column) for p in parts]),
+                np.concatenate([p.labels for p in parts]),
+                np.concatenate([p.speech_s for p in parts]),
                 kind,
                 source,
             )
     return CalibrationSet(EcapaEmbedder.model_id, fitted)
 
 
-def held_out(trials: dict[str, dict[str, np.ndarray]], target_far: float) -> dict[str, object]:
-    """Fit on one corpus, measure FAR/FRR on the other at the policy's accept threshold."""
+def held_out(trials: dict[str, TrialSet], target_far: float) -> dict[str, object]:
+    """Fit on one corpus, measure FAR / FRR on the other at the policy's accept threshold."""
     out: dict[str, object] = {}
     policy = Policy(target_far=target_far)
     corpora = sorted({n.split("-")[0] for n in trials})
     for train in corpora:
-        for test in corpora:
-            if test == train:
-                continue
+        for test in (c for c in corpora if c != train):
             cals = fit(trials, [n for n in trials if n.startswith(train)], f"held-out fit on {train}")
-            kind = Normalisation.AS_NORM
+            parts = [t for n, t in trials.items() if n.startswith(test)]
+            kind = parts[0].normalisation
             th = policy.thresholds(cals.get(kind))
-            test_names = [n for n in trials if n.startswith(test)]
-            scores = np.concatenate([trials[n][kind.value] for n in test_names])
-            labels = np.concatenate([trials[n]["labels"] for n in test_names])
-            speech = np.concatenate([trials[n]["speech_s"] for n in test_names])
-            llr = np.asarray(cals.get(kind).llr(scores, speech))
+            llr = np.concatenate([np.asarray(cals.get(kind).llr(t.scores, t.speech_s)) for t in parts])
+            labels = np.concatenate([t.labels for t in parts])
             far, frr = error_rates(llr, labels, th.accept_llr)
-            lo, hi = th.expected_far_interval.low, th.expected_far_interval.high
+            interval = th.expected_far_interval
             out[f"fit_{train}_test_{test}"] = {
-                "stated_far": round(th.expected_far, 5), "stated_interval": [round(lo, 5), round(hi, 5)],
+                "stated_far": round(th.expected_far, 5), "stated_interval": [round(interval.low, 5),
+                                                                             round(interval.high, 5)],
                 "measured_far": round(far, 5), "measured_frr": round(frr, 5),
-                "within_interval": bool(far <= hi), "impostor_trials": int((~labels).sum()),
+                "within_interval": bool(interval.low <= far <= interval.high),
+                "at_or_below_target": bool(far <= target_far),
+                "impostor_trials": int((~labels).sum()), "genuine_trials": int(labels.sum()),
             }
     return out
 
@@ -125,32 +121,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="clean channel only (a smoke run)")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    results, trials = run(args.quick)
-    summary = {
-        name: {
-            "voiceauth_eer": r["voiceauth"]["eer"], "baseline_eer": r["baseline"]["eer"],  # type: ignore[index]
-            "eer_ratio": round(r["voiceauth"]["eer"] / max(r["baseline"]["eer"], 1e-9), 3),  # type: ignore[index]
-            "voiceauth_far": r["voiceauth"]["far"], "voiceauth_frr": r["voiceauth"]["frr"],  # type: ignore[index]
-            "inconclusive": r["voiceauth"]["inconclusive"],  # type: ignore[index]
-        }
-        for name, r in results.items()
-    }
-    report: dict[str, object] = {"summary": summary, "held_out_calibration": held_out(trials, 0.01), "runs": results}
+    trials = collect(args.quick)
+    calibrations = None
     if args.write_calibration:
-        cals = fit(trials, list(trials), "benchmarks/accuracy.py: LibriSpeech test-other + speakerbox meetings, "
-                   "clean/phone x full/3 s")
-        cals.save(ROOT / "voiceauth" / "data" / "calibration_ecapa.json")
-        report["calibration_written"] = True
-    (RESULTS / "accuracy.json").write_text(json.dumps(report, indent=2))
+        calibrations = fit(trials, list(trials), "benchmarks/accuracy.py: LibriSpeech test-other + speakerbox "
+                           "meetings, clean/phone x full/3 s")
+        calibrations.save(ROOT / "voiceauth" / "data" / "calibration_ecapa.json")
+    summary: dict[str, object] = {}
+    runs: dict[str, object] = {}
+    for name, trial_set in trials.items():
+        channel, length = name.split("-")[1:]
+        report = bench(channel, None if length == "full" else float(length.rstrip("s"))).report(trial_set, calibrations)
+        report.write(RESULTS / "accuracy", name)
+        ours, base = report.result["voiceauth"], report.result["baseline"]
+        runs[name] = report.result
+        summary[name] = {
+            "voiceauth_eer": ours["eer"], "baseline_eer": base["eer"],  # type: ignore[index]
+            "eer_ratio": round(ours["eer"] / base["eer"], 3) if base["eer"] else None,  # type: ignore[index]
+            "voiceauth_min_dcf_0.01": ours["min_dcf"]["0.01"],  # type: ignore[index]
+            "baseline_min_dcf_0.01": base["min_dcf"]["0.01"],  # type: ignore[index]
+            "voiceauth_far": ours["far"], "voiceauth_frr": ours["frr"],  # type: ignore[index]
+            "inconclusive": ours["inconclusive"], "trials": [ours["n_genuine"], ours["n_impostor"]],  # type: ignore[index]
+        }
+    report_json = {"summary": summary, "held_out_calibration": held_out(trials, 0.01), "runs": runs}
+    (RESULTS / "accuracy.json").write_text(json.dumps(report_json, indent=2))
     systems = {}
-    for name in trials:
+    for name, t in trials.items():
         if name.endswith("phone-3s"):
-            systems[f"voiceauth {name}"] = (trials[name]["as-norm"] if "as-norm" in trials[name] else trials[name]["raw"],
-                                            trials[name]["labels"])
-            systems[f"baseline {name}"] = (trials[name]["baseline"], trials[name]["labels"])
+            systems[f"voiceauth {name}"] = (t.scores, t.labels)
+            systems[f"baseline {name}"] = (t.baseline, t.labels)
     if systems:
         plot_det(systems, RESULTS / "accuracy-det-phone-3s.png", title="Phone channel, 3 s test speech")
-    print(json.dumps({"summary": summary, "held_out_calibration": report["held_out_calibration"]}, indent=2))
+    print(json.dumps({"summary": summary, "held_out_calibration": report_json["held_out_calibration"]}, indent=2))
     return 0
 
 

@@ -24,7 +24,8 @@ def test_default_settings_on_librispeech(make_client, speakers, librispeech, con
         impostor += [va.verify(spk, probe).decision for spk in speakers]
     accepted = sum(d is Decision.ACCEPT for d in genuine) / len(genuine)
     false_accepts = sum(d is Decision.ACCEPT for d in impostor) / len(impostor)
-    print(f"genuine accepted {accepted:.2%} of {len(genuine)}; impostors accepted {false_accepts:.3%} of {len(impostor)}")
+    print(f"genuine accepted {accepted:.2%} of {len(genuine)}; "
+          f"impostors accepted {false_accepts:.3%} of {len(impostor)}")
     assert len(genuine) == 70 and len(impostor) >= 2400
     assert accepted >= 0.97
     assert false_accepts <= 0.01

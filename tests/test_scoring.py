@@ -77,7 +77,8 @@ def test_calibration_set_round_trips_through_a_file(tmp_path: Path) -> None:
     s, y, d = synthetic_trials(500)
     cals = CalibrationSet("m", {Normalisation.RAW: Calibration.fit(s, y, d)})
     loaded = CalibrationSet.load(cals.save(tmp_path / "c.json"))
-    assert loaded.get(Normalisation.RAW).llr(0.5, 5.0) == pytest.approx(cals.get(Normalisation.RAW).llr(0.5, 5.0), abs=1e-3)
+    expected = cals.get(Normalisation.RAW).llr(0.5, 5.0)
+    assert loaded.get(Normalisation.RAW).llr(0.5, 5.0) == pytest.approx(expected, abs=1e-3)
     # asking for a normalisation that was not fitted falls back to raw
     assert loaded.get(Normalisation.AS_NORM) is loaded.get(Normalisation.RAW)
 
@@ -125,7 +126,7 @@ def test_trials_file_with_unknown_label_is_a_clear_error(tmp_path: Path) -> None
 def test_trials_file_fits_and_saves(tmp_path: Path) -> None:
     s, y, d = synthetic_trials(300)
     path = tmp_path / "t.csv"
-    rows = "".join(f"{a:.4f},{'target' if b else 'nontarget'},{c:.1f}\n" for a, b, c in zip(s, y, d))
+    rows = "".join(f"{a:.4f},{'target' if b else 'nontarget'},{c:.1f}\n" for a, b, c in zip(s, y, d, strict=True))
     path.write_text("score,label,speech_s\n" + rows)
     fitted = fit_calibrations(read_trials([path]), "m", "test")
     assert fitted.get(Normalisation.RAW).llr(0.6, 10) > 0

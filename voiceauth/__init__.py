@@ -42,6 +42,7 @@ from voiceauth.results import (
     WatchlistHit,
 )
 from voiceauth.scoring import Calibration, CalibrationSet, Decision, Policy, Thresholds
+from voiceauth.session import CallResult, CallSession, CallStatus, Revision, ScreenInput, ScreenVerdict, SessionSettings
 from voiceauth.store.base import Consent, VoiceprintInfo
 
 __version__ = "0.1.0"
@@ -54,6 +55,9 @@ __all__ = [
     "Calibration",
     "CalibrationError",
     "CalibrationSet",
+    "CallResult",
+    "CallSession",
+    "CallStatus",
     "Candidate",
     "Consent",
     "ConsentError",
@@ -73,8 +77,12 @@ __all__ = [
     "OptedOutError",
     "Policy",
     "Probe",
+    "Revision",
     "SampleReport",
+    "ScreenInput",
+    "ScreenVerdict",
     "SessionError",
+    "SessionSettings",
     "StoreCorruptError",
     "StoreError",
     "TamperedError",
@@ -84,6 +92,6 @@ __all__ = [
     "VoiceAuthError",
     "VoiceprintInfo",
     "WatchlistHit",
-    "__version__",
     "load_audio",
+    "__version__",
 ]

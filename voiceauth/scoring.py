@@ -5,8 +5,9 @@
 
 The thresholds come from the bank's risk appetite: ``Policy(target_far=0.01)``
 puts the accept threshold where the calibration trials' false-accept rate is at
-most 1 % (and never below LLR 0, where the evidence would favour an impostor), and states the expected false-accept / false-reject rates with exact
-binomial confidence intervals.
+most 1 % (and never below LLR 0, where the evidence would favour an impostor),
+and states the expected false-accept / false-reject rates with exact binomial
+confidence intervals.
 """
 
 from __future__ import annotations
@@ -159,7 +160,9 @@ class Calibration:
                 str(data.get("source", "file")),
             )
         except (KeyError, TypeError, ValueError, AssertionError) as exc:
-            raise CalibrationError(f"calibration data is malformed ({exc!r}); refit it with `voiceauth calibrate`") from exc
+            raise CalibrationError(
+                f"calibration data is malformed ({exc!r}); refit it with `voiceauth calibrate`"
+            ) from exc
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,15 @@ from voiceauth.store.base import AuditEvent, AuditRecord, Namespace, Voiceprint,
 KEYCHECK_PLAINTEXT = b"voiceauth-keycheck-v1"
 VOICEPRINT_COLUMNS = ("namespace, subject_id, model_id, key_id, blob, speech_s, recordings, complete, "
                       "created_at, updated_at, last_used_at, meta")
-INFO_COLUMNS = "namespace, subject_id, model_id, speech_s, recordings, complete, created_at, updated_at, last_used_at, meta"
+INFO_COLUMNS = ("namespace, subject_id, model_id, speech_s, recordings, complete, created_at, updated_at, "
+                "last_used_at, meta")
 
 
 def aad(namespace: str, subject_id: str, model_id: str, complete: bool, recordings: int, speech_s: float) -> bytes:
     """Binds a ciphertext to its row: moving it to another customer or model, or editing
     the enrolment state beside it, makes decryption fail."""
-    return "|".join(
-        ["voiceauth/v1", namespace, subject_id, model_id, str(int(complete)), str(int(recordings)), repr(float(speech_s))]
-    ).encode()
+    fields = [namespace, subject_id, model_id, str(int(complete)), str(int(recordings)), repr(float(speech_s))]
+    return "|".join(["voiceauth/v1", *fields]).encode()
 
 
 def keycheck_aad(kid: str) -> bytes:
@@ -40,7 +40,7 @@ def encrypt_voiceprint(ring: KeyRing, vp: Voiceprint, kid: str) -> tuple[str, by
 def row_to_voiceprint(ring: KeyRing, row: tuple[Any, ...]) -> Voiceprint:
     ns, subject, model, kid, blob, speech_s, recordings, complete, created, updated, used, meta = row
     plaintext = ring.decrypt(kid, bytes(blob), aad(ns, subject, model, bool(complete), recordings, speech_s),
-                             what=f"voiceprint of {subject}")
+                             what=f"voiceprint for {subject}")
     return Voiceprint(
         subject_id=subject, namespace=Namespace(ns), model_id=model,
         embedding=np.frombuffer(plaintext, dtype="<f4").astype(np.float32),
@@ -59,7 +59,8 @@ def voiceprint_params(ring: KeyRing, vp: Voiceprint, kid: str) -> tuple[Any, ...
 def row_to_info(row: tuple[Any, ...]) -> VoiceprintInfo:
     ns, subject, model, speech_s, recordings, complete, created, updated, used, meta = row
     return VoiceprintInfo(subject, Namespace(ns), model, float(speech_s), int(recordings), bool(complete),
-                          float(created), float(updated), None if used is None else float(used), json.loads(meta or "{}"))
+                          float(created), float(updated), None if used is None else float(used),
+                          json.loads(meta or "{}"))
 
 
 def next_audit_row(last: tuple[int, str] | None, record: AuditRecord) -> tuple[Any, ...]:

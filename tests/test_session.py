@@ -1,0 +1,359 @@
+"""Live call sessions: unit behaviour on a stand-in embedder, then the real ECAPA model on real speech."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voiceauth.audio import Audio, load_audio, mulaw_encode, telephone_channel
+from voiceauth.errors import SessionError
+from voiceauth.facade import VoiceAuth
+from voiceauth.results import Flag
+from voiceauth.scoring import Normalisation
+from voiceauth.session import CallResult, CallSession, CallStatus, SessionPool, SessionSettings
+from voiceauth.store.base import Consent
+
+RATE = 8000
+FRAME = 160  # 20 ms at 8 kHz
+QUIET, LOUD = 0.1, 0.02  # the stand-in tells "speakers" apart by level
+
+
+def synth(seconds: float, rate: int = RATE, amp: float = QUIET, seed: int = 0) -> np.ndarray:
+    """Syllable-rate modulated noise: the speech gate takes it for speech."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    envelope = 0.5 * (1 + np.sin(2 * np.pi * 3 * t)) ** 2
+    return np.clip(amp * envelope * rng.standard_normal(len(t)), -1, 1).astype(np.float32)
+
+
+def frames(x: np.ndarray, size: int = FRAME) -> Iterator[bytes]:
+    codes = mulaw_encode(x)
+    for i in range(0, len(codes) - size + 1, size):
+        yield codes[i : i + size].tobytes()
+
+
+class StandIn:
+    """Deterministic embedder: one of two orthogonal 'voices' picked by signal level."""
+
+    model_id = "stand-in"
+    dim = 192
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.delay, self.fail = delay, fail
+        self.seen: list[tuple[float, float]] = []  # (seconds, rms) of every signal embedded
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def embed(self, signals: Sequence[np.ndarray]) -> np.ndarray:
+        with self._lock:
+            self.calls += 1
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("model crashed")
+        out = np.zeros((len(signals), self.dim), dtype=np.float32)
+        for row, s in enumerate(signals):
+            rms = float(np.sqrt(np.mean(np.square(s))))
+            with self._lock:
+                self.seen.append((len(s) / 16000, rms))
+            out[row, 0 if rms > 0.045 else 1] = 1.0
+        return out
+
+
+@pytest.fixture
+def consent_record() -> Consent:
+    return Consent.now(channel="test", notice_version="v1", captured_by="tests")
+
+
+def make_va(tmp_path: Path, consent: Consent, embedder: StandIn, **settings: object) -> VoiceAuth:
+    va = VoiceAuth(tmp_path / "vp.db", embedder=embedder)  # type: ignore[arg-type]
+    va.enroll("cust-1", [synth(12, 16000)], consent=consent, sample_rate=16000)
+    va._sessions = SessionPool(va, SessionSettings(reap_interval_s=0.05, **settings))  # type: ignore[arg-type]
+    return va
+
+
+@pytest.fixture
+def standin() -> StandIn:
+    return StandIn()
+
+
+@pytest.fixture
+def va(tmp_path: Path, consent_record: Consent, standin: StandIn) -> Iterator[VoiceAuth]:
+    client = make_va(tmp_path, consent_record, standin)
+    standin.seen.clear()
+    yield client
+    client.close()
+
+
+def stream(call: CallSession, x: np.ndarray, every: int = 25, pause_s: float = 0.002) -> None:
+    for i, frame in enumerate(frames(x)):
+        call.feed(frame)
+        if i % every == every - 1:
+            time.sleep(pause_s)
+
+
+def test_authenticates_callbacks_once_per_change_off_the_ivr_thread(va: VoiceAuth) -> None:
+    seen: list[tuple[CallStatus, str]] = []
+
+    def on_decision(result: CallResult) -> None:
+        seen.append((result.status, threading.current_thread().name))
+
+    with va.start_call("cust-1", on_decision=on_decision) as call:
+        assert call.status is CallStatus.PENDING
+        stream(call, synth(6))
+    result = call.result(wait=10)
+    assert result.closed and result.status is CallStatus.AUTHENTICATED
+    assert 3.0 <= result.decided_at_speech_s <= 4.5
+    assert result.progress == 100.0 and result.required_s == 3.0
+    assert result.confidence > 0.99 and Flag.SMALL_COHORT in result.flags
+    assert [s for s, _ in seen] == [CallStatus.AUTHENTICATED]
+    assert all(name != threading.current_thread().name for _, name in seen)
+    assert [r.status for r in result.revisions] == [CallStatus.AUTHENTICATED]
+    events = [e for e in va.store.audit_events() if e.action == "call_decision"]
+    assert [e.outcome for e in events] == ["authenticated"]
+
+
+def test_pending_shows_progress_then_inconclusive(va: VoiceAuth) -> None:
+    call = va.start_call("cust-1", encoding="pcm16", sample_rate=16000)
+    x = (synth(2.4, 16000) * 32767).astype(np.int16)
+    for i in range(0, len(x) - 320 + 1, 320):
+        call.feed(x[i : i + 320])
+    deadline = time.monotonic() + 10
+    while call.result().speech_s == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    mid = call.result()
+    assert mid.status is CallStatus.PENDING and 0 < mid.progress < 100
+    call.close()
+    final = call.result(wait=10)
+    assert final.status is CallStatus.INCONCLUSIVE and final.closed
+    assert final.speech_s == pytest.approx(2.4, abs=0.15)  # the tail under a segment is scored at close
+
+
+def test_pause_discards_audio_unseen(va: VoiceAuth, standin: StandIn) -> None:
+    call = va.start_call("cust-1")
+    stream(call, synth(3.0))
+    call.pause()
+    assert call.paused
+    stream(call, synth(4.0, amp=0.6, seed=1))  # "card number": loud marker
+    call.resume()
+    stream(call, synth(1.5, seed=2))
+    call.close()
+    result = call.result(wait=10)
+    assert result.speech_s <= 4.5 + 1e-6
+    assert sum(s for s, _ in standin.seen) <= 4.5 + 1e-6
+    assert max(rms for _, rms in standin.seen) < 0.2  # no paused audio ever reached the model
+
+
+def test_feed_never_blocks_on_a_slow_model(tmp_path: Path, consent_record: Consent) -> None:
+    slow = StandIn(delay=0.5)
+    va = make_va(tmp_path, consent_record, slow)
+    try:
+        call = va.start_call("cust-1")
+        took = []
+        for frame in frames(synth(8)):
+            start = time.perf_counter()
+            call.feed(frame)
+            took.append(time.perf_counter() - start)
+        assert np.median(took) < 2e-4 and max(took) < 0.05
+        assert call.status is CallStatus.PENDING  # the model has not even answered yet
+        call.close()
+        assert call.result(wait=15).closed
+    finally:
+        va.close()
+
+
+def test_backlog_drops_oldest_audio_instead_of_blocking(tmp_path: Path, consent_record: Consent) -> None:
+    va = make_va(tmp_path, consent_record, StandIn(), max_queued_s=0.2)
+    try:
+        call = va.start_call("cust-1")
+        with call._front_lock:  # stall the front end
+            stream(call, synth(2.0), pause_s=0)
+        call.close()
+        result = call.result(wait=10)
+        assert result.dropped_audio_s >= 1.5
+        assert result.status is CallStatus.INCONCLUSIVE
+    finally:
+        va.close()
+
+
+def test_worker_exception_surfaces_as_error(tmp_path: Path, consent_record: Consent) -> None:
+    broken = StandIn()
+    va = make_va(tmp_path, consent_record, broken)
+    broken.fail = True
+    decisions: list[CallResult] = []
+    try:
+        call = va.start_call("cust-1", on_decision=decisions.append)
+        stream(call, synth(3))
+        deadline = time.monotonic() + 10
+        while call.status is not CallStatus.ERROR and time.monotonic() < deadline:
+            time.sleep(0.02)
+        result = call.result()
+        assert result.status is CallStatus.ERROR
+        assert "model crashed" in (result.error or "") and "security questions" in (result.error or "")
+        call.feed(next(frames(synth(0.1))))  # still returns at once
+        call.close()
+        assert call.result(wait=5).status is CallStatus.ERROR
+        assert [d.status for d in decisions] == [CallStatus.ERROR]
+    finally:
+        va.close()
+
+
+def test_unknown_and_opted_out_customers(va: VoiceAuth) -> None:
+    fired = threading.Event()
+    threads: list[str] = []
+
+    def on_decision(result: CallResult) -> None:
+        threads.append(threading.current_thread().name)
+        fired.set()
+
+    call = va.start_call("nobody", on_decision=on_decision)
+    assert call.status is CallStatus.NOT_ENROLLED
+    assert "not enrolled" in (call.result().error or "")
+    call.feed(next(frames(synth(0.1))))  # audio is discarded, not an error
+    assert fired.wait(5) and threads[0] != threading.current_thread().name
+    call.close()
+    va.opt_out("cust-1")
+    assert va.start_call("cust-1").status is CallStatus.OPTED_OUT
+
+
+def test_misuse_raises_session_error(va: VoiceAuth) -> None:
+    call = va.start_call("cust-1", encoding="mulaw")
+    with pytest.raises(SessionError, match="int16|uint8"):
+        call.feed(np.zeros(160, dtype=np.float32))
+    with pytest.raises(SessionError, match="16000 Hz"):
+        call.feed(b"\xff" * 160, sample_rate=16000)
+    with pytest.raises(SessionError, match="Audio at 16000 Hz"):
+        call.feed(Audio(np.zeros(320, dtype=np.float32), 16000))
+    with pytest.raises(SessionError, match="bytes or a numpy array"):
+        call.feed([0, 1, 2])  # type: ignore[arg-type]
+    with pytest.raises(SessionError, match="IVR-sized frames"):
+        call.feed(b"\xff" * 16000)
+    pcm = va.start_call("cust-1", encoding="pcm16", sample_rate=16000)
+    with pytest.raises(SessionError, match="whole number"):
+        pcm.feed(b"\x00" * 321)
+    with pytest.raises(SessionError, match="sample rate"):
+        va.start_call("cust-1", sample_rate=44100)
+    with pytest.raises(SessionError, match="encoding"):
+        va.start_call("cust-1", encoding="opus")
+    call.close()
+    with pytest.raises(SessionError, match="closed"):
+        call.feed(b"\xff" * 160)
+    pcm.close()
+
+
+def test_stale_sessions_expire_and_the_cap_holds(tmp_path: Path, consent_record: Consent) -> None:
+    va = make_va(tmp_path, consent_record, StandIn(), idle_timeout_s=0.3, max_sessions=2)
+    try:
+        first = va.start_call("cust-1", call_id="a")
+        va.start_call("cust-1", call_id="b")
+        with pytest.raises(SessionError, match="max_sessions"):
+            va.start_call("cust-1", call_id="c")
+        result = first.result(wait=5)
+        assert result.closed and result.status is CallStatus.INCONCLUSIVE
+        assert "expired" in result.revisions[-1].reason
+        assert va._sessions is not None and va._sessions.live == 0
+        va.start_call("cust-1", call_id="c").close()
+    finally:
+        va.close()
+
+
+def test_speaker_change_withdraws_authentication(va: VoiceAuth) -> None:
+    call = va.start_call("cust-1")
+    stream(call, synth(6))
+    stream(call, synth(5, amp=LOUD, seed=3))
+    call.close()
+    result = call.result(wait=10)
+    assert [r.status for r in result.revisions] == [CallStatus.AUTHENTICATED, CallStatus.NOT_AUTHENTICATED]
+    assert Flag.SPEAKER_CHANGE in result.flags
+    assert "speaker change" in result.revisions[-1].reason
+
+
+def test_batches_segments_across_calls(tmp_path: Path, consent_record: Consent) -> None:
+    slow = StandIn(delay=0.2)
+    va = make_va(tmp_path, consent_record, slow, workers=1)
+    try:
+        calls = [va.start_call("cust-1") for _ in range(4)]
+        x = list(frames(synth(4.6)))
+        for frame in x:
+            for call in calls:
+                call.feed(frame)
+        for call in calls:
+            call.close()
+        assert all(c.result(wait=15).status is CallStatus.AUTHENTICATED for c in calls)
+        assert va._sessions is not None and va._sessions.batch_sizes().max() > 1
+        assert slow.calls < 12  # 12 segments, fewer model calls
+    finally:
+        va.close()
+
+
+# -- the real model on real speech ----------------------------------------------------------
+
+LIBRI = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "librispeech-samples" / "test-other"
+
+
+def phone_frames(paths: Sequence[Path]) -> list[bytes]:
+    pieces = [telephone_channel(load_audio(p)).samples for p in paths]
+    return list(frames(np.concatenate(pieces)))
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VoiceAuth, dict[str, list[Path]]]]:
+    if not LIBRI.is_dir():
+        pytest.skip(f"shared LibriSpeech samples not found at {LIBRI}")
+    from voiceauth.embedding import EcapaEmbedder
+
+    home = tmp_path_factory.mktemp("real")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VOICEAUTH_KEY_FILE", str(home / "keyring.json"))
+    speakers = {d.name: sorted(d.glob("*.flac")) for d in sorted(LIBRI.iterdir()) if d.is_dir()}
+    va = VoiceAuth(home / "vp.db", embedder=EcapaEmbedder().load())
+    a = sorted(speakers)[0]
+    va.enroll(a, [telephone_channel(load_audio(p)) for p in speakers[a][:3]],
+              consent=Consent.now(channel="test", notice_version="v1", captured_by="tests"))
+    va._sessions = SessionPool(va, SessionSettings(max_pending_segments=64))
+    yield va, speakers
+    va.close()
+    mp.undo()
+
+
+def run_call(va: VoiceAuth, customer: str, data: list[bytes]) -> CallResult:
+    with va.start_call(customer) as call:
+        for i, frame in enumerate(data):
+            call.feed(frame)
+            if i % 50 == 49:
+                time.sleep(0.05)  # 20x real time
+    return call.result(wait=60)
+
+
+def test_real_genuine_caller_authenticated(real: tuple[VoiceAuth, dict[str, list[Path]]]) -> None:
+    va, speakers = real
+    a = sorted(speakers)[0]
+    result = run_call(va, a, phone_frames(speakers[a][3:5]))
+    assert result.status is CallStatus.AUTHENTICATED, result
+    assert result.decided_at_speech_s is not None and result.decided_at_speech_s <= 6.0
+
+
+def test_real_impostor_not_authenticated(real: tuple[VoiceAuth, dict[str, list[Path]]]) -> None:
+    va, speakers = real
+    a, b = sorted(speakers)[:2]
+    result = run_call(va, a, phone_frames(speakers[b][3:5]))
+    assert CallStatus.AUTHENTICATED not in [r.status for r in result.revisions], result
+    # phone-channel impostors close to the customer can stay between the thresholds (INCONCLUSIVE)
+    assert result.status in (CallStatus.NOT_AUTHENTICATED, CallStatus.INCONCLUSIVE)
+    assert result.llr < va.scorer.thresholds(Normalisation.RAW).accept_llr + 3.0
+
+
+def test_real_handed_over_phone_flags_speaker_change(real: tuple[VoiceAuth, dict[str, list[Path]]]) -> None:
+    va, speakers = real
+    a, b = sorted(speakers)[0], sorted(speakers)[2]
+    first = phone_frames(speakers[a][3:5])[: 9 * 50]  # about 8 s of speech by the customer
+    result = run_call(va, a, first + phone_frames(speakers[b][3:5]))
+    statuses = [r.status for r in result.revisions]
+    assert statuses[:2] == [CallStatus.AUTHENTICATED, CallStatus.NOT_AUTHENTICATED], result
+    assert Flag.SPEAKER_CHANGE in result.flags
+    assert result.status is CallStatus.NOT_AUTHENTICATED
