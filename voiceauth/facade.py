@@ -52,7 +52,7 @@ from voiceauth.watchlist import Watchlist
 AudioSource = Union[str, "os.PathLike[str]", np.ndarray, Audio]
 
 DEFAULT_ENROL_SPEECH_S = 10.0
-SPOOF_WINDOWS = 2
+SPOOF_WINDOWS = 1
 """AASIST windows (~4 s each, ~1.3 s of CPU each) scored per verification."""
 COHORT_TTL_S = 60.0
 
