@@ -427,6 +427,15 @@ def watchlist_remove(label: str, store: str, model_dir: str | None, as_json: boo
     emit(as_json, {"label": label, "removed": removed}, f"{label}: {'removed' if removed else 'not listed'}")
 
 
+def _register_optional_commands() -> None:
+    from voiceauth.bulk import enroll_batch_command  # imports Ray only when --ray is used
+
+    cli.add_command(enroll_batch_command)
+
+
+_register_optional_commands()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code instead of raising for expected errors."""
     from voiceauth.errors import OptedOutError, VoiceAuthError
