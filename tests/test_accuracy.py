@@ -10,7 +10,7 @@ from __future__ import annotations
 from voiceauth import Decision, NoSpeechError
 
 
-def test_default_settings_on_librispeech(make_client, speakers, librispeech, consent) -> None:  # noqa: ANN001
+def test_default_settings_on_librispeech(make_client, speakers, librispeech, consent, capsys) -> None:  # noqa: ANN001
     va = make_client()
     for spk, files in speakers.items():
         assert va.enroll(spk, files[:3], consent=consent).complete
@@ -24,8 +24,9 @@ def test_default_settings_on_librispeech(make_client, speakers, librispeech, con
         impostor += [va.verify(spk, probe).decision for spk in speakers]
     accepted = sum(d is Decision.ACCEPT for d in genuine) / len(genuine)
     false_accepts = sum(d is Decision.ACCEPT for d in impostor) / len(impostor)
-    print(f"genuine accepted {accepted:.2%} of {len(genuine)}; "
-          f"impostors accepted {false_accepts:.3%} of {len(impostor)}")
+    with capsys.disabled():
+        print(f"\nLibriSpeech acceptance: genuine accepted {accepted:.2%} of {len(genuine)}; "
+              f"impostors accepted {false_accepts:.3%} of {len(impostor)}")
     assert len(genuine) == 70 and len(impostor) >= 2400
     assert accepted >= 0.97
     assert false_accepts <= 0.01
