@@ -10,6 +10,7 @@ import numpy as np
 
 from voiceauth.errors import NoSpeechError
 from voiceauth.evaluation import eer
+from voiceauth.results import Flag
 from voiceauth.samples import enrolment_meeting, meeting_speech, meetings
 from voiceauth.scoring import Decision
 from voiceauth.store.base import Consent
@@ -41,6 +42,8 @@ class DemoReport:
     genuine: Tally = field(default_factory=Tally)
     impostor: Tally = field(default_factory=Tally)
     skipped: int = 0
+    spoof_held: int = 0
+    """Genuine attempts made INCONCLUSIVE by the spoof check (false alarms: the speech is real)."""
     scores: list[float] = field(default_factory=list)
     labels: list[bool] = field(default_factory=list)
     per_speaker: dict[str, Tally] = field(default_factory=dict)
@@ -59,6 +62,7 @@ class DemoReport:
             "genuine": tally(self.genuine),
             "impostor": tally(self.impostor),
             "skipped_no_speech": self.skipped,
+            "genuine_held_by_spoof_check": self.spoof_held,
             "eer": round(self.eer, 4),
             "per_speaker": {k: tally(v) for k, v in self.per_speaker.items()},
         }
@@ -82,6 +86,9 @@ class DemoReport:
             "",
             f"EER over all trials (calibrated scores): {self.eer:.2%}",
         ]
+        if self.spoof_held:
+            lines.append(f"{self.spoof_held} genuine attempts were held back (INCONCLUSIVE) by the spoof check: "
+                         "AASIST false alarms on this broadcast-processed audio (see README, Fraud)")
         if self.skipped:
             lines.append(f"({self.skipped} recordings without enough speech were skipped)")
         return "\n".join(lines)
@@ -123,6 +130,7 @@ def run_demo(model_dir: str | None = None, progress: bool = True) -> DemoReport:
                         (report.genuine if genuine else report.impostor).add(result.decision)
                         if genuine:
                             report.per_speaker[speaker].add(result.decision)
+                            report.spoof_held += Flag.SPOOF_SUSPECTED in result.flags
                         report.scores.append(result.llr)
                         report.labels.append(genuine)
     return report
