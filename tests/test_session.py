@@ -250,12 +250,13 @@ def test_stale_sessions_expire_and_the_cap_holds(tmp_path: Path, consent_record:
     va = make_va(tmp_path, consent_record, StandIn(), idle_timeout_s=0.3, max_sessions=2)
     try:
         first = va.start_call("cust-1", call_id="a")
-        va.start_call("cust-1", call_id="b")
+        second = va.start_call("cust-1", call_id="b")
         with pytest.raises(SessionError, match="max_sessions"):
             va.start_call("cust-1", call_id="c")
-        result = first.result(wait=5)
-        assert result.closed and result.status is CallStatus.INCONCLUSIVE
-        assert "expired" in result.revisions[-1].reason
+        for session in (first, second):
+            result = session.result(wait=5)
+            assert result.closed and result.status is CallStatus.INCONCLUSIVE
+            assert "expired" in result.revisions[-1].reason
         assert va._sessions is not None and va._sessions.live == 0
         va.start_call("cust-1", call_id="c").close()
     finally:
