@@ -77,3 +77,17 @@ def row_to_event(row: tuple[Any, ...]) -> AuditEvent:
     seq, when, action, subject, outcome, actor, details, prev, digest = row
     parsed: Mapping[str, Any] = json.loads(details or "{}")
     return AuditEvent(int(seq), float(when), action, subject, outcome, actor, parsed, prev, digest)
+
+
+def rows_to_matrix(
+    ring: KeyRing, rows: list[tuple[Any, ...]], model_id: str, where: str
+) -> tuple[list[str], np.ndarray]:
+    """Decrypt voiceprint rows into (ids, (n, dim) float32 matrix); tampering raises."""
+    prints = [row_to_voiceprint(ring, r) for r in rows]
+    if not prints:
+        return [], np.zeros((0, 0), dtype=np.float32)
+    if len({p.embedding.shape for p in prints}) > 1:
+        from voiceauth.errors import TamperedError
+
+        raise TamperedError(f"voiceprints of model {model_id} in {where} differ in size; re-enrol them")
+    return [p.subject_id for p in prints], np.stack([p.embedding for p in prints]).astype(np.float32)

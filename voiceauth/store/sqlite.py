@@ -48,6 +48,7 @@ from voiceauth.store.common import (
     row_to_event,
     row_to_info,
     row_to_voiceprint,
+    rows_to_matrix,
     voiceprint_params,
 )
 
@@ -383,12 +384,7 @@ class SQLiteStore:
         """Ids and (n, dim) float32 matrix of complete voiceprints of ``model_id``; tampering raises."""
         rows = self._query(f"SELECT {VOICEPRINT_COLUMNS} FROM voiceprints WHERE namespace = ? AND model_id = ? "
                            "AND complete = 1 ORDER BY subject_id", (Namespace(namespace).value, model_id))
-        prints = [row_to_voiceprint(self.keyring, r) for r in rows]
-        if not prints:
-            return [], np.zeros((0, 0), dtype=np.float32)
-        if len({p.embedding.shape for p in prints}) > 1:
-            raise TamperedError(f"voiceprints of model {model_id} in {self.path} differ in size; re-enrol them")
-        return [p.subject_id for p in prints], np.stack([p.embedding for p in prints]).astype(np.float32)
+        return rows_to_matrix(self.keyring, rows, model_id, str(self.path))
 
     def list(self, namespace: Namespace = Namespace.CUSTOMER) -> list[VoiceprintInfo]:
         rows = self._query(f"SELECT {INFO_COLUMNS} FROM voiceprints WHERE namespace = ? ORDER BY subject_id",
