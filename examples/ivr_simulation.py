@@ -31,8 +31,9 @@ def g711_frames(path: str, encoding: str) -> list[bytes]:
 
 def describe(result: CallResult) -> str:
     flags = ",".join(f.value for f in result.flags) or "-"
+    spoof = "pending" if result.spoof_score is None else f"{result.spoof_score:+.1f}"
     return (f"{result.status.value:<18} confidence {result.confidence:.3f}  speech {result.speech_s:4.1f} s "
-            f"({result.progress:3.0f}%)  flags {flags}")
+            f"({result.progress:3.0f}%)  spoof check {spoof}  flags {flags}")
 
 
 def main() -> None:

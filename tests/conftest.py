@@ -72,6 +72,27 @@ def make_client(tmp_path: Path, embedder) -> Iterator[Callable[..., object]]:  #
         va.close()
 
 
+@pytest.fixture
+def speak(tmp_path: Path) -> Callable[[list[str]], list[Path]]:
+    """Synthetic speech: ``speak(lines)`` renders each line with espeak-ng into a WAV file.
+    Skips the test where espeak-ng is not installed (``make test`` installs it)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not on PATH (apt-get install espeak-ng)")
+
+    def render(lines: list[str]) -> list[Path]:
+        wavs = []
+        for i, text in enumerate(lines):
+            wav = tmp_path / f"tts{i}.wav"
+            subprocess.run(["espeak-ng", "-v", "en-gb", "-w", str(wav), text], check=True)
+            wavs.append(wav)
+        return wavs
+
+    return render
+
+
 @pytest.fixture(autouse=True)
 def _no_speechbrain_lazy_proxies() -> None:
     """Drop speechbrain's unloaded lazy-redirect modules from ``sys.modules``.

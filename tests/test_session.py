@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from voiceauth.audio import Audio, load_audio, mulaw_encode, telephone_channel
-from voiceauth.errors import SessionError
+from voiceauth.errors import NoSpeechError, SessionError
 from voiceauth.facade import VoiceAuth
 from voiceauth.results import Flag
 from voiceauth.scoring import Normalisation
 from voiceauth.session import CallResult, CallSession, CallStatus, SessionPool, SessionSettings
+from voiceauth.spoof import SpoofResult
 from voiceauth.store.base import Consent
 
 RATE = 8000
@@ -70,8 +72,33 @@ def consent_record() -> Consent:
     return Consent.now(channel="test", notice_version="v1", captured_by="tests")
 
 
-def make_va(tmp_path: Path, consent: Consent, embedder: StandIn, **settings: object) -> VoiceAuth:
-    va = VoiceAuth(tmp_path / "vp.db", embedder=embedder)  # type: ignore[arg-type]
+class StandInSpoof:
+    """Deterministic spoof detector: 'spoofed' when any 20 ms is loud; records what it saw."""
+
+    threshold = 0.0
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.delay, self.fail = delay, fail
+        self.seen: list[tuple[float, float]] = []  # (seconds, peak) of every window scored
+        self.on_score: Callable[[], None] | None = None
+
+    def score(self, samples: np.ndarray, sample_rate: int) -> SpoofResult:
+        if self.on_score is not None:
+            self.on_score()
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("countermeasure crashed")
+        blocks = samples[: len(samples) // 160 * 160].reshape(-1, 160)
+        peak = float(np.sqrt(np.mean(np.square(blocks), axis=1)).max())  # loudest 20 ms
+        self.seen.append((len(samples) / sample_rate, peak))
+        score = 1.0 if peak < 0.4 else -1.0
+        return SpoofResult(score, 1 / (1 + np.exp(score)), score < self.threshold, 1)
+
+
+def make_va(tmp_path: Path, consent: Consent, embedder: StandIn, spoof: object = False,
+            **settings: object) -> VoiceAuth:
+    va = VoiceAuth(tmp_path / "vp.db", embedder=embedder, spoof=spoof)  # type: ignore[arg-type]
     va.enroll("cust-1", [synth(12, 16000)], consent=consent, sample_rate=16000)
     va._sessions = SessionPool(va, SessionSettings(reap_interval_s=0.05, **settings))  # type: ignore[arg-type]
     return va
@@ -292,6 +319,84 @@ def test_batches_segments_across_calls(tmp_path: Path, consent_record: Consent) 
         va.close()
 
 
+def test_clean_spoof_check_lets_the_call_authenticate(tmp_path: Path, consent_record: Consent) -> None:
+    spoof = StandInSpoof(delay=0.5)
+    va = make_va(tmp_path, consent_record, StandIn(), spoof=spoof)
+    try:
+        call = va.start_call("cust-1")
+        while_checking: list[CallResult] = []
+        spoof.on_score = lambda: while_checking.append(call.result())
+        stream(call, synth(6))
+        call.close()
+        result = call.result(wait=10)
+        (before,) = while_checking  # checked once, before any decision
+        assert before.status is CallStatus.PENDING and before.spoof_score is None
+        assert result.status is CallStatus.AUTHENTICATED and result.spoof_score == 1.0
+        assert len(spoof.seen) == 1 and 3.0 <= spoof.seen[0][0] <= 4.04 and spoof.seen[0][1] < 0.4  # one window
+    finally:
+        va.close()
+
+
+def test_matching_voice_waits_for_the_spoof_verdict(va: VoiceAuth) -> None:
+    from voiceauth.session import _Spoof
+
+    call = va.start_call("cust-1")
+    strong = 10 * (va.thresholds().accept_llr + 1)
+    for state in (_Spoof.WAITING, _Spoof.QUEUED):
+        call._spoof_state = state
+        assert call._decide(strong, 5.0, Normalisation.RAW)[0] is CallStatus.PENDING
+    call._spoof_state = _Spoof.CLEAN
+    assert call._decide(strong, 5.0, Normalisation.RAW)[0] is CallStatus.AUTHENTICATED
+    call.close()
+
+
+def test_suspected_spoof_bars_authentication(tmp_path: Path, consent_record: Consent) -> None:
+    spoof = StandInSpoof()
+    va = make_va(tmp_path, consent_record, StandIn(), spoof=spoof)
+    decisions: list[CallResult] = []
+    try:
+        call = va.start_call("cust-1", on_decision=decisions.append)
+        stream(call, np.concatenate([synth(1.0, amp=0.5), synth(9)]))  # a loud ("synthetic") start
+        call.close()
+        result = call.result(wait=10)
+        assert result.status is CallStatus.NOT_AUTHENTICATED and Flag.SPOOF_SUSPECTED in result.flags
+        assert CallStatus.AUTHENTICATED not in [d.status for d in decisions]
+        assert result.llr > 0 and result.spoof_score == -1.0 and "spoof suspected" in result.revisions[0].reason
+    finally:
+        va.close()
+
+
+def test_paused_audio_never_reaches_the_spoof_check(tmp_path: Path, consent_record: Consent) -> None:
+    spoof = StandInSpoof()
+    va = make_va(tmp_path, consent_record, StandIn(), spoof=spoof)
+    try:
+        call = va.start_call("cust-1")
+        stream(call, synth(2.0))
+        call.pause()
+        stream(call, synth(3.0, amp=0.9, seed=1))  # card number, read loudly
+        call.resume()
+        stream(call, synth(4.0, seed=2))
+        call.close()
+        result = call.result(wait=10)
+        assert len(spoof.seen) == 1 and spoof.seen[0][1] < 0.4
+        assert result.status is CallStatus.AUTHENTICATED
+    finally:
+        va.close()
+
+
+def test_spoof_check_failure_fails_closed(tmp_path: Path, consent_record: Consent) -> None:
+    va = make_va(tmp_path, consent_record, StandIn(), spoof=StandInSpoof(fail=True))
+    try:
+        call = va.start_call("cust-1")
+        stream(call, synth(6))
+        call.close()
+        result = call.result(wait=10)
+        assert result.status is CallStatus.ERROR and "countermeasure crashed" in (result.error or "")
+        assert CallStatus.AUTHENTICATED not in [r.status for r in result.revisions]
+    finally:
+        va.close()
+
+
 # -- the real model on real speech ----------------------------------------------------------
 
 LIBRI = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "librispeech-samples" / "test-other"
@@ -322,8 +427,8 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VoiceAuth, 
     mp.undo()
 
 
-def run_call(va: VoiceAuth, customer: str, data: list[bytes]) -> CallResult:
-    with va.start_call(customer) as call:
+def run_call(va: VoiceAuth, customer: str, data: list[bytes], updates: list[CallResult] | None = None) -> CallResult:
+    with va.start_call(customer, on_update=None if updates is None else updates.append) as call:
         for i, frame in enumerate(data):
             call.feed(frame)
             if i % 50 == 49:
@@ -334,9 +439,16 @@ def run_call(va: VoiceAuth, customer: str, data: list[bytes]) -> CallResult:
 def test_real_genuine_caller_authenticated(real: tuple[VoiceAuth, dict[str, list[Path]]]) -> None:
     va, speakers = real
     a = sorted(speakers)[0]
-    result = run_call(va, a, phone_frames(speakers[a][3:5]))
+    updates: list[CallResult] = []
+    result = run_call(va, a, phone_frames(speakers[a][3:5]), updates)
     assert result.status is CallStatus.AUTHENTICATED, result
-    assert result.decided_at_speech_s is not None and result.decided_at_speech_s <= 6.0
+    assert result.spoof_score is not None and result.spoof_score > va.spoof.threshold  # type: ignore[union-attr]
+    # fed at 20x real time, so the spoof check (about 0.4 s) lets more speech in before the
+    # decision; the evidence itself crossed the accept threshold within 6 s of speech
+    settings = va._sessions.settings  # type: ignore[union-attr]
+    accept = va.scorer.thresholds(Normalisation.RAW).accept_llr + settings.margin_llr(Normalisation.RAW)
+    first = next(u.speech_s for u in updates if u.llr >= accept and u.speech_s >= u.required_s)
+    assert first <= 6.0
 
 
 def test_real_impostor_not_authenticated(real: tuple[VoiceAuth, dict[str, list[Path]]]) -> None:
@@ -353,8 +465,69 @@ def test_real_handed_over_phone_flags_speaker_change(real: tuple[VoiceAuth, dict
     va, speakers = real
     a, b = sorted(speakers)[0], sorted(speakers)[2]
     first = phone_frames(speakers[a][3:5])[: 9 * 50]  # about 8 s of speech by the customer
-    result = run_call(va, a, first + phone_frames(speakers[b][3:5]))
+    with va.start_call(a) as call:
+        for frame in first:
+            call.feed(frame)
+        deadline = time.monotonic() + 30
+        while call.status is not CallStatus.AUTHENTICATED and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for i, frame in enumerate(phone_frames(speakers[b][3:5])):  # the phone is handed over
+            call.feed(frame)
+            if i % 50 == 49:
+                time.sleep(0.05)
+    result = call.result(wait=60)
     statuses = [r.status for r in result.revisions]
     assert statuses[:2] == [CallStatus.AUTHENTICATED, CallStatus.NOT_AUTHENTICATED], result
     assert Flag.SPEAKER_CHANGE in result.flags
     assert result.status is CallStatus.NOT_AUTHENTICATED
+
+
+def test_real_synthetic_caller_is_never_authenticated(tmp_path: Path, embedder, consent, speak) -> None:  # noqa: ANN001
+    """A voice cloned well enough to match the voiceprint: the live spoof check keeps it out."""
+    wavs = speak(["I would like to check the last payment on my current account, the one from Tuesday.",
+                  "My card was declined at the supermarket this morning and I do not know why.",
+                  "Could you move two hundred pounds from my savings into my current account please.",
+                  "I am calling because I changed my phone number and need to update my details.",
+                  "There is a direct debit on my account that I cancelled in the spring, can you stop it.",
+                  "I am going abroad next week and want to make sure my card works while I am away."])
+    va = VoiceAuth(tmp_path / "vp.db", embedder=embedder)
+    try:
+        va.enroll("cloned", [telephone_channel(load_audio(w)) for w in wavs[:3]], consent=consent)
+        updates: list[CallResult] = []
+        result = run_call(va, "cloned", phone_frames(wavs[3:]), updates)
+        accept = va.thresholds().accept_llr + va._sessions.settings.margin_llr(Normalisation.RAW)  # type: ignore[union-attr]
+        assert max(u.llr for u in updates) >= accept  # the speaker model alone would let it through
+        assert Flag.SPOOF_SUSPECTED in result.flags and result.spoof_score is not None
+        assert CallStatus.AUTHENTICATED not in [r.status for r in result.revisions], result
+        assert result.status is CallStatus.NOT_AUTHENTICATED
+    finally:
+        va.close()
+
+
+def test_real_calls_with_a_customer_population_use_as_norm(tmp_path: Path, embedder, consent) -> None:  # noqa: ANN001
+    """With 20+ other voiceprints in the store (any bank), live calls are AS-normalised and
+    accepted at the policy's own threshold (margin 0)."""
+    if not LIBRI.is_dir():
+        pytest.skip(f"shared LibriSpeech samples not found at {LIBRI}")
+    speakers = {d.name: sorted(d.glob("*.flac")) for d in sorted(LIBRI.iterdir()) if d.is_dir()}
+    population = sorted((LIBRI.parent / "train-clean").glob("*.flac"))[:30]
+    va = VoiceAuth(tmp_path / "vp.db", embedder=embedder, spoof=False, enrol_speech_s=3.0)
+    try:
+        for f in population:
+            with contextlib.suppress(NoSpeechError):  # a few recordings hold about 1 s of speech
+                va.enroll(f"other-{f.stem}", [telephone_channel(load_audio(f))], consent=consent)
+        assert len(va.list()) >= 20
+        a, b = sorted(speakers)[:2]
+        va.enroll(a, [telephone_channel(load_audio(p)) for p in speakers[a][:3]], consent=consent)
+        assert va.thresholds() == va.scorer.thresholds(Normalisation.AS_NORM)
+        updates: list[CallResult] = []
+        genuine = run_call(va, a, phone_frames(speakers[a][3:5]), updates)
+        assert genuine.status is CallStatus.AUTHENTICATED and Flag.SMALL_COHORT not in genuine.flags, genuine
+        accept = va.thresholds().accept_llr + SessionSettings().margin_llr(Normalisation.AS_NORM)
+        assert accept == va.thresholds().accept_llr
+        first = next(u for u in updates if u.status is CallStatus.AUTHENTICATED)
+        assert first.llr >= accept and first.speech_s <= 6.0
+        impostor = run_call(va, a, phone_frames(speakers[b][3:5]))
+        assert CallStatus.AUTHENTICATED not in [r.status for r in impostor.revisions], impostor
+    finally:
+        va.close()

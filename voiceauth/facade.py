@@ -94,8 +94,9 @@ class VoiceAuth:
         calibration: path of a calibration file from ``voiceauth calibrate``; default shipped.
         enrol_speech_s: net speech seconds an enrolment needs before it is complete.
         actor: who is acting, recorded in the audit trail (an agent id, a service name).
-        spoof: the presentation-attack detector (AASIST) run on every verification; a
-            suspected spoof never yields ACCEPT. ``False`` turns it off.
+        spoof: the presentation-attack detector (AASIST) run on every verification and once
+            per live call; a suspected spoof never yields ACCEPT or AUTHENTICATED.
+            ``False`` turns it off.
     """
 
     def __init__(
@@ -170,7 +171,8 @@ class VoiceAuth:
 
         ``encoding`` is ``mulaw``, ``alaw``, ``pcm16`` or ``float32`` at 8000 or 16000 Hz.
         ``on_decision`` fires once per status change, ``on_update`` after every scored
-        segment; both on a worker thread. An unknown customer is NOT_ENROLLED at once.
+        segment and after the spoof verdict; both on a worker thread. An unknown customer is
+        NOT_ENROLLED at once. The call is not AUTHENTICATED before ``spoof`` has passed it.
         """
         with self._sessions_lock:
             if self._sessions is None:

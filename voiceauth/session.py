@@ -22,20 +22,36 @@ calls, does the rest:
    embeddings, so the work per update is one segment whatever the call's length.
 3. *decision*: after each segment the call embedding is scored against the voiceprint
    (``va.scorer``, AS-norm against ``va``'s cohort when it is large enough, LLR
-   calibrated for the net speech so far), the *screens* run (speaker change built in;
-   watchlist and spoof detectors plug in the same way) and the status is updated.
-   Every status change fires ``on_decision`` once, on a worker thread.
+   calibrated for the net speech so far), the *screens* run (speaker change built in,
+   the watchlist when one is set up) and the status is updated. Every status change
+   fires ``on_decision`` once, on a worker thread.
+4. *spoof check* (once per call): when the call first has enough net speech for a
+   decision, the last ``spoof_window_s`` (4.04 s) of its decoded audio, pauses included,
+   is scored by ``va.spoof`` (AASIST) on a worker that is not holding the speaker model.
+   Until the verdict is in, the call cannot become AUTHENTICATED (it stays PENDING even
+   when the voice matches); a suspected spoof sets SPOOF_SUSPECTED and bars
+   authentication for the rest of the call (NOT_AUTHENTICATED). One check costs about
+   0.4 s on the 2-core machine; ``SessionSettings(spoof_check=False)`` or
+   ``VoiceAuth(spoof=False)`` turns it off.
 
 Sequential decision. A call is AUTHENTICATED once it has ``min_decision_s`` of net
-speech and the LLR reaches the policy's accept threshold plus ``accept_margin_llr``;
+speech and the LLR reaches the policy's accept threshold plus a margin;
 NOT_AUTHENTICATED when the LLR is under the policy's reject threshold. Between the two
 a decided call keeps its status (hysteresis), so a decision is revised only when the
 evidence crosses the other threshold, or when a screen withdraws it. The margin pays
-for looking at the evidence many times per call: measured on phone-channel LibriSpeech
-calls (30 genuine, 270 impostor trajectories, 1.5 s segments) with the shipped
-calibration, impostors ever reaching the bare accept threshold were 22/270; with a
-margin of 3 LLR units and 3 s of speech, 2/270, while genuine callers still decided at
-a median 3.0 s. Re-measure with ``benchmarks/streaming.py`` after recalibrating.
+for looking at the evidence many times per call, and is chosen on replayed call
+trajectories (``benchmarks/streaming.py``: phone-channel LibriSpeech, 30 genuine and 270
+impostor calls, 1.5 s segments, the shipped calibration):
+
+* AS-norm scoring (the store holds at least 20 other voiceprints, as any bank's does):
+  no impostor call ever reached the bare accept threshold (0/270; 95 % upper bound
+  1.4 %) and every genuine caller was accepted within 10 s, so ``accept_margin_llr`` is
+  0. Held out, on the council-meeting calls: 1/288 impostors, 83 % of genuine callers
+  within 10 s (the calibration does not transfer to that domain; see the README).
+* raw scoring (SMALL_COHORT, a new store): 22/270 impostors reached the bare threshold,
+  2/270 with a margin of 3, so ``raw_accept_margin_llr`` is 3.
+
+Re-measure with ``benchmarks/streaming.py`` after recalibrating.
 
 Speaker change. On each update the mean embedding of the last ``change_window_s`` of
 speech is compared (cosine) with the call's earlier speech (at least
@@ -54,11 +70,14 @@ Memory per live session (``SessionSettings`` defaults) is bounded by
 * speech buffer: under one segment at the input rate (1.5 s: at most 96 kB);
 * ready segments: at most ``max_pending_segments`` = 4 at 16 kHz float32
   (4 x 96 kB = 384 kB; under overload the oldest is dropped and counted);
+* spoof window: until the spoof check is queued, the latest ``spoof_window_s`` of
+  decoded audio plus one frame (at most 4.04 s + 1 s at 16 kHz float32: 323 kB), then
+  that one snapshot until the check has run; nothing after;
 * state: the call embedding, a ring of ``change_window_s / segment_s`` = 2 segment
   embeddings (192 floats each), the voiceprint, at most ``history_limit`` = 32
   revisions and the speech gate (under 2 kB): a few kB.
 
-That is under 0.9 MB per session worst case, about 0.4 MB for 8 kHz G.711, and
+That is under 1.3 MB per session worst case, about 0.6 MB for 8 kHz G.711, and
 ``max_sessions`` (1000) live sessions cap the total. The cohort matrix is shared and not
 counted. Sessions not fed for ``idle_timeout_s`` (120 s) are closed by the pool as if
 ``close()`` had been called (a PENDING call ends INCONCLUSIVE) and freed.
@@ -112,6 +131,20 @@ class CallStatus(str, enum.Enum):
 
 
 DECIDED = frozenset({CallStatus.AUTHENTICATED, CallStatus.NOT_AUTHENTICATED})
+
+
+class _Spoof(enum.Enum):
+    """Where a call's spoof check stands."""
+
+    OFF = "off"
+    WAITING = "waiting"
+    """Collecting speech until the first decision is possible."""
+    QUEUED = "queued"
+    """Audio snapshot taken; the check is queued or running. AUTHENTICATED waits."""
+    CLEAN = "clean"
+    SUSPECTED = "suspected"
+    FAILED = "failed"
+
 _NO_AUDIO = frozenset({CallStatus.NOT_ENROLLED, CallStatus.OPTED_OUT, CallStatus.ERROR})
 
 
@@ -156,6 +189,9 @@ class CallResult:
     """True once the call has ended and every fed segment has been processed."""
     dropped_audio_s: float = 0.0
     """Audio seconds dropped unprocessed because the workers fell behind."""
+    spoof_score: float | None = None
+    """Bona fide score of the call's spoof check (higher is more like live speech; see
+    :class:`~voiceauth.spoof.SpoofResult`); None until it has run, or when it is off."""
 
     @property
     def authenticated(self) -> bool:
@@ -168,7 +204,10 @@ class SessionSettings:
 
     segment_s: float = 1.5
     min_decision_s: float = 3.0
-    accept_margin_llr: float = 3.0
+    accept_margin_llr: float = 0.0
+    """Added to the policy's accept LLR in a call scored with AS-norm (see module docs)."""
+    raw_accept_margin_llr: float = 3.0
+    """The same for a call scored without a cohort (SMALL_COHORT)."""
     change_window_s: float = 3.0
     change_min_earlier_s: float = 3.0
     change_threshold: float = 0.35
@@ -183,15 +222,27 @@ class SessionSettings:
     batch_size: int = 4
     history_limit: int = 32
     reap_interval_s: float = 1.0
+    spoof_check: bool = True
+    """Run ``VoiceAuth.spoof`` (AASIST) once per call; AUTHENTICATED waits for a clean verdict."""
+    spoof_window_s: float = 4.0375
+    """Raw call audio scored by the spoof check: the network's 64 600-sample window."""
+    model_threads: int | None = None
+    """If set, the pool sets torch's intra-op threads to this when its workers start
+    (``torch.set_num_threads`` is process-wide). With ``workers`` model calls running side
+    by side, ``cores / workers`` avoids oversubscribing the CPU; None leaves torch alone."""
 
     def __post_init__(self) -> None:
-        positive = ("segment_s", "max_queued_s", "max_chunk_s", "idle_timeout_s", "reap_interval_s")
+        positive = ("segment_s", "max_queued_s", "max_chunk_s", "idle_timeout_s", "reap_interval_s", "spoof_window_s")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise SessionError(f"SessionSettings.{name} must be positive, got {getattr(self, name)!r}")
         for name in ("max_pending_segments", "max_sessions", "workers", "batch_size", "history_limit"):
             if getattr(self, name) < 1:
                 raise SessionError(f"SessionSettings.{name} must be at least 1, got {getattr(self, name)!r}")
+
+    def margin_llr(self, normalisation: Normalisation) -> float:
+        """The accept margin for a call scored with ``normalisation``."""
+        return self.raw_accept_margin_llr if normalisation is Normalisation.RAW else self.accept_margin_llr
 
     @property
     def change_segments(self) -> int:
@@ -413,12 +464,24 @@ class CallSession:
         self._flushed = False
         self._dropped_speech_s = 0.0
         self._evidence = _Evidence(settings.change_segments, np.zeros(pool.dim, dtype=np.float64))
+        self._decision_s = max(settings.min_decision_s, pool.va.policy.min_speech_s)
+        # spoof check: a ring of the latest raw audio until the first decision is possible
+        self._spoof = pool.va.spoof if settings.spoof_check else None
+        self._spoof_state = _Spoof.WAITING if self._spoof is not None and not self._discard else _Spoof.OFF
+        self._spoof_len = max(1, int(round(settings.spoof_window_s * sample_rate)))
+        self._raw: deque[np.ndarray] = deque()
+        self._raw_len = 0
+        self._voiced_s = 0.0
+        self._spoof_audio: np.ndarray | None = None
+        self._spoof_queued_at = 0.0
+        self._spoof_score: float | None = None
+        self._last_score: tuple[float, float, Normalisation] | None = None
         self._barred = False
         self._flags: dict[Flag, None] = {}
         self._history: deque[Revision] = deque(maxlen=settings.history_limit)
         self._done = threading.Event()
         self._result = CallResult(
-            call_id, customer_id, initial, 0.0, 0.0, 0.0, settings.min_decision_s, 0.0, error=error,
+            call_id, customer_id, initial, 0.0, 0.0, 0.0, self._decision_s, 0.0, error=error,
             closed=self._discard,
         )
         if initial is not CallStatus.PENDING:
@@ -568,9 +631,15 @@ class CallSession:
                 except IndexError:
                     break
                 self._consumed_samples += count
-                voiced = self._gate.push(decode_chunk(payload, self.encoding))
+                samples = decode_chunk(payload, self.encoding)
+                if self._spoof_state is _Spoof.WAITING:
+                    self._keep_raw(samples)
+                voiced = self._gate.push(samples)
                 if len(voiced):
+                    self._voiced_s += len(voiced) / self.sample_rate
                     self._buffer(voiced, fed_at)
+                    if self._spoof_state is _Spoof.WAITING and self._voiced_s >= self._decision_s:
+                        self._queue_spoof()
             if self._closed and not self._flushed:
                 self._flushed = True
                 self._flush()
@@ -579,6 +648,55 @@ class CallSession:
             if ready:
                 self._queued_for_embedding = True
             return ready
+
+    def _keep_raw(self, samples: np.ndarray) -> None:
+        """Keep the latest ``spoof_window_s`` of decoded audio (pauses included: the
+        countermeasure was trained on whole utterances, not on speech cut out by a VAD)."""
+        self._raw.append(samples)
+        self._raw_len += len(samples)
+        while self._raw and self._raw_len - len(self._raw[0]) >= self._spoof_len:
+            self._raw_len -= len(self._raw.popleft())
+
+    def _queue_spoof(self) -> None:
+        """Enough speech for a decision: snapshot the raw window and queue the spoof check."""
+        audio = np.concatenate(self._raw)[-self._spoof_len :]
+        self._raw.clear()
+        self._raw_len = 0
+        with self._lock:
+            self._spoof_state = _Spoof.QUEUED
+            self._spoof_audio = audio
+            self._spoof_queued_at = time.monotonic()
+        self._pool._schedule_spoof(self)
+
+    def _take_spoof_audio(self) -> tuple[np.ndarray | None, float]:
+        with self._lock:
+            audio, self._spoof_audio = self._spoof_audio, None
+            if self._result.status is CallStatus.ERROR or self._done.is_set():
+                self._spoof_state = _Spoof.FAILED
+                return None, 0.0
+            return audio, self._spoof_queued_at
+
+    def _apply_spoof(self, verdict: Any) -> list[Callable[[], None]]:
+        """Install the spoof verdict: bar the call, or let a waiting accept through."""
+        with self._lock:
+            r = self._result
+            if self._done.is_set() or r.status is CallStatus.ERROR:
+                self._spoof_state = _Spoof.FAILED
+                return []
+            self._spoof_score = round(float(verdict.score), 3)
+            if verdict.suspected:
+                self._spoof_state = _Spoof.SUSPECTED
+                self._flags[Flag.SPOOF_SUSPECTED] = None
+                self._barred = True
+                reason = (f"spoof suspected: bona fide score {verdict.score:.2f} < threshold "
+                          f"{self._spoof.threshold:.2f}" if self._spoof is not None else "spoof suspected")
+                return self._publish(CallStatus.NOT_AUTHENTICATED, reason, r.speech_s, r.llr, r.confidence)
+            self._spoof_state = _Spoof.CLEAN
+            status, why = r.status, ""
+            if self._last_score is not None:
+                llr, _, normalisation = self._last_score
+                status, why = self._decide(llr, r.speech_s, normalisation)
+            return self._publish(status, why and f"{why} (spoof check passed)", r.speech_s, r.llr, r.confidence)
 
     def _buffer(self, voiced: np.ndarray, fed_at: float) -> None:
         self._speech.append(voiced)
@@ -623,9 +741,11 @@ class CallSession:
             return more, self._finishable()
 
     def _finishable(self) -> bool:
+        failed = self._result.status is CallStatus.ERROR
         return (
             self._closed and self._flushed and not self._in_flight and not self._inbox
-            and (not self._segments or self._result.status is CallStatus.ERROR)
+            and (not self._segments or failed)
+            and (self._spoof_state is not _Spoof.QUEUED or failed)
             and not self._done.is_set()
         )
 
@@ -657,6 +777,7 @@ class CallSession:
             )
             if score.normalisation is Normalisation.RAW:
                 self._flags[Flag.SMALL_COHORT] = None
+            self._last_score = (score.llr, score.confidence, score.normalisation)
             status, why = self._decide(score.llr, speech_s, score.normalisation)
             return self._publish(status, reason or why, speech_s, score.llr, score.confidence)
 
@@ -664,12 +785,14 @@ class CallSession:
         settings = self._settings
         current = self._result.status
         thresholds = self._pool.va.scorer.thresholds(normalisation)
-        accept = thresholds.accept_llr + settings.accept_margin_llr
+        accept = thresholds.accept_llr + settings.margin_llr(normalisation)
         if self._barred:
             return CallStatus.NOT_AUTHENTICATED, "authentication withdrawn"
-        if speech_s < max(settings.min_decision_s, self._pool.va.policy.min_speech_s):
+        if speech_s < self._decision_s:
             return current, ""
         if llr >= accept:
+            if self._spoof_state in (_Spoof.WAITING, _Spoof.QUEUED):
+                return current, ""  # never AUTHENTICATED before the spoof check has passed
             return CallStatus.AUTHENTICATED, f"LLR {llr:.2f} >= accept {accept:.2f}"
         if llr < thresholds.reject_llr:
             return CallStatus.NOT_AUTHENTICATED, f"LLR {llr:.2f} < reject {thresholds.reject_llr:.2f}"
@@ -694,6 +817,7 @@ class CallSession:
             tuple(self._flags), tuple(self._history), old.revision_count + int(changed), error or old.error,
             decided_at, closed,
             round((self._dropped_samples / self.sample_rate) + self._dropped_speech_s, 2),
+            self._spoof_score,
         )
         result = self._result
         calls: list[Callable[[], None]] = []
@@ -710,6 +834,7 @@ class CallSession:
             self._segments.clear()
             self._inbox.clear()
             self._speech, self._speech_len = [], 0
+            self._spoof_audio = None
             r = self._result
             return self._publish(CallStatus.ERROR, message, r.speech_s, r.llr, r.confidence, error=message)
 
@@ -724,6 +849,8 @@ class CallSession:
                                   r.confidence, closed=True)
             self._evidence.ring.clear()
             self._voiceprint = None
+            self._raw.clear()
+            self._spoof_audio = None
             self._done.set()
             return calls
 
@@ -732,8 +859,9 @@ class SessionPool:
     """Worker threads shared by all live calls of one ``VoiceAuth``.
 
     Work is picked in this order: callbacks for calls decided at start, front ends of
-    calls with queued audio, then a batch of up to ``batch_size`` ready segments from
-    different calls, embedded together.
+    calls with queued audio, then model work, one call at a time: whichever waited
+    longer of a batch of up to ``batch_size`` ready segments from different calls
+    (embedded together) and a call's spoof check.
     """
 
     def __init__(self, va: VoiceAuth, settings: SessionSettings | None = None) -> None:
@@ -742,14 +870,20 @@ class SessionPool:
         self.dim = int(getattr(va.embedder, "dim", 192))
         self._cond = threading.Condition()
         self._front: deque[CallSession] = deque()
-        self._embed: deque[CallSession] = deque()
+        self._embed: deque[tuple[float, CallSession]] = deque()
+        self._spoof: deque[tuple[float, CallSession]] = deque()
+        self._model_busy = False
+        """One model call (a batch of embeddings or a spoof check) runs at a time, with all of
+        torch's threads: two side by side would oversubscribe the cores. Segments that wait
+        meanwhile join a larger batch."""
         self._tasks: deque[Callable[[], None]] = deque()
         self._sessions: dict[str, CallSession] = {}
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self._next_reap = 0.0
-        self._latencies: deque[float] = deque(maxlen=10000)
+        self._latencies: deque[tuple[float, float]] = deque(maxlen=10000)
         self._batches: deque[int] = deque(maxlen=10000)
+        self._spoof_latencies: deque[tuple[float, float]] = deque(maxlen=10000)
 
     # -- public --------------------------------------------------------------------------------
     def start_call(
@@ -788,12 +922,17 @@ class SessionPool:
         with self._cond:
             return len(self._sessions)
 
-    def decision_latencies(self) -> np.ndarray:
-        """Seconds from feeding the last frame of a segment to its update being published (recent updates)."""
-        return np.array(self._latencies, dtype=np.float64)
+    def decision_latencies(self, since: float | None = None) -> np.ndarray:
+        """Seconds from feeding the last frame of a segment to its update being published
+        (recent updates; with ``since``, those published at or after that ``time.monotonic()``)."""
+        return _since(self._latencies, since)
 
     def batch_sizes(self) -> np.ndarray:
         return np.array(self._batches, dtype=np.int64)
+
+    def spoof_latencies(self, since: float | None = None) -> np.ndarray:
+        """Seconds from queueing a call's spoof check to its verdict being published (recent calls)."""
+        return _since(self._spoof_latencies, since)
 
     def expire_stale(self, now: float | None = None) -> int:
         """Close calls not fed for ``idle_timeout_s``; returns how many."""
@@ -879,8 +1018,18 @@ class SessionPool:
 
     def _schedule_embedding(self, session: CallSession) -> None:
         with self._cond:
-            self._embed.append(session)
+            self._embed.append((time.monotonic(), session))
             self._cond.notify()
+
+    def _schedule_spoof(self, session: CallSession) -> None:
+        with self._cond:
+            self._spoof.append((time.monotonic(), session))
+            self._cond.notify()
+
+    def _release_model(self) -> None:
+        with self._cond:
+            self._model_busy = False
+            self._cond.notify_all()
 
     def _next_job(self) -> tuple[str, Any] | None:
         """Wait for work; returns (kind, payload), or None when stopping."""
@@ -890,9 +1039,12 @@ class SessionPool:
                     return "task", self._tasks.popleft()
                 if self._front:
                     return "front", self._front.popleft()
-                if self._embed:
-                    batch = [self._embed.popleft() for _ in range(min(self.settings.batch_size, len(self._embed)))]
-                    return "embed", batch
+                if (self._embed or self._spoof) and not self._model_busy:
+                    self._model_busy = True  # oldest waiting work first: segments or a spoof check
+                    if self._embed and (not self._spoof or self._embed[0][0] <= self._spoof[0][0]):
+                        count = min(self.settings.batch_size, len(self._embed))
+                        return "embed", [self._embed.popleft()[1] for _ in range(count)]
+                    return "spoof", self._spoof.popleft()[1]
                 if self._stopping:
                     return None
                 now = time.monotonic()
@@ -902,6 +1054,10 @@ class SessionPool:
                 self._cond.wait(max(0.0, self._next_reap - now))
 
     def _work(self) -> None:
+        if self.settings.model_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.settings.model_threads)
         while (job := self._next_job()) is not None:
             try:
                 self._run_job(*job)
@@ -915,6 +1071,8 @@ class SessionPool:
             self._front_end(payload)
         elif kind == "embed":
             self._embed_batch(payload)
+        elif kind == "spoof":
+            self._spoof_check(payload)
         else:
             self.expire_stale()
 
@@ -930,19 +1088,24 @@ class SessionPool:
         self._maybe_finish(session)
 
     def _embed_batch(self, sessions: list[CallSession]) -> None:
-        taken = [(s, seg) for s in sessions if (seg := s._take_segment()) is not None]
+        try:
+            taken = [(s, seg) for s in sessions if (seg := s._take_segment()) is not None]
+            if taken:
+                self._batches.append(len(taken))
+                embeddings = self._embed_all([seg.samples for _, seg in taken], [s for s, _ in taken])
+        finally:
+            self._release_model()
         if not taken:
             for session in sessions:
                 self._maybe_finish(session)
             return
-        self._batches.append(len(taken))
-        embeddings = self._embed_all([seg.samples for _, seg in taken], [s for s, _ in taken])
         for (session, segment), embedding in zip(taken, embeddings, strict=True):
             callbacks: list[Callable[[], None]] = []
             if embedding is not None:
                 try:
                     callbacks = session._apply(segment, embedding)
-                    self._latencies.append(time.monotonic() - segment.fed_at)
+                    now = time.monotonic()
+                    self._latencies.append((now, now - segment.fed_at))
                 except Exception as exc:  # noqa: BLE001
                     log.exception("live call %s: scoring failed", session.call_id)
                     callbacks = session._fail(_error_message("scoring the call", exc))
@@ -951,6 +1114,30 @@ class SessionPool:
             if more:
                 self._schedule_embedding(session)
             self._maybe_finish(session)
+
+    def _spoof_check(self, session: CallSession) -> None:
+        """Run the presentation-attack detector once on the call's snapshot."""
+        verdict: Any = None
+        error: Exception | None = None
+        try:
+            audio, queued_at = session._take_spoof_audio()
+            if audio is not None and session._spoof is not None:
+                try:
+                    verdict = session._spoof.score(audio, session.sample_rate)
+                except Exception as exc:  # noqa: BLE001 - reported below, once the model slot is free
+                    error = exc
+        finally:
+            self._release_model()
+        callbacks: list[Callable[[], None]] = []
+        if error is not None:  # fail closed: the call cannot be authenticated
+            log.error("live call %s: spoof check failed", session.call_id, exc_info=error)
+            callbacks = session._fail(_error_message("the spoof check", error))
+        elif verdict is not None:
+            callbacks = session._apply_spoof(verdict)
+            now = time.monotonic()
+            self._spoof_latencies.append((now, now - queued_at))
+        _run_callbacks(callbacks)
+        self._maybe_finish(session)
 
     def _embed_all(self, signals: list[np.ndarray], owners: list[CallSession]) -> list[np.ndarray | None]:
         """One embed call for the batch; on failure, one call per segment so only the bad call fails."""
@@ -984,6 +1171,10 @@ class SessionPool:
             ))
         except (VoiceAuthError, OSError, ValueError) as exc:
             log.warning("live call %s: audit write failed: %s", result.call_id, exc)
+
+
+def _since(samples: deque[tuple[float, float]], since: float | None) -> np.ndarray:
+    return np.array([value for at, value in list(samples) if since is None or at >= since], dtype=np.float64)
 
 
 def _error_message(what: str, exc: BaseException) -> str:
