@@ -47,6 +47,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -449,16 +450,21 @@ def capacity_run(va: VoiceAuth, pairs: list[tuple[str, np.ndarray]], n: int, cal
     }
 
 
-def plot(times: dict[str, list[float]], path: Path) -> None:
+def plot(trajectories: dict[str, Any], path: Path) -> None:
+    """Share of genuine calls AUTHENTICATED by net speech, with and without the spoof check."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, values in times.items():
-        v = np.sort(np.array(values))
-        ax.step(np.where(np.isfinite(v), v, 30.0), np.arange(1, len(v) + 1) / len(v), where="post", label=name)
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for (name, data), colour in zip(trajectories.items(), ("tab:blue", "tab:orange"), strict=False):
+        genuine = [expand(t) for t in data["genuine"]]
+        for gate, style in ((True, "-"), (False, "--")):
+            v = np.sort([replay(t, data["accept_llr_in_calls"], data["decision_s"], gate) for t in genuine])
+            label = name if gate else f"{name}, spoof check off"
+            ax.step(np.where(np.isfinite(v), v, 30.0), np.arange(1, len(v) + 1) / len(v), where="post",
+                    color=colour, ls=style, label=label)
     ax.axvline(4.0, color="grey", ls=":", label="target median 4 s")
     ax.axvline(10.0, color="grey", ls="--", label="target 90% by 10 s")
     ax.set_xlabel("net speech until AUTHENTICATED (s)")
@@ -476,21 +482,39 @@ def compact(trajectory: Trajectory) -> list[list[object]]:
     return [[u.speech_s, u.llr, u.status.value, [f.value for f in u.flags], u.spoof_score] for u in trajectory]
 
 
+@dataclass(frozen=True)
+class Update:
+    """What :func:`replay` reads of a CallResult, rebuilt from :func:`compact`."""
+
+    speech_s: float
+    llr: float
+    status: CallStatus
+    flags: tuple[Flag, ...]
+    spoof_score: float | None
+
+
+def expand(rows: list[list[Any]]) -> list[Any]:
+    return [Update(r[0], r[1], CallStatus(r[2]), tuple(Flag(f) for f in r[3]), r[4]) for r in rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", type=int, nargs="+", help="concurrent calls to try (default: per pattern)")
     parser.add_argument("--seconds", type=float, default=15.0,
                         help="length of the short capacity calls (the steady pattern also runs 60 s calls)")
-    parser.add_argument("--part", choices=["all", "accuracy", "capacity"], default="all",
-                        help="run one part only; the other part's figures are kept from streaming.json")
+    parser.add_argument("--part", choices=["all", "accuracy", "capacity", "plot"], default="all",
+                        help="run one part only (the other's figures are kept from streaming.json), or only "
+                             "redraw streaming.png from streaming-trajectories.json")
     args = parser.parse_args()
+    if args.part == "plot":
+        plot(json.loads((RESULTS / "streaming-trajectories.json").read_text()), RESULTS / "streaming.png")
+        return
     previous = RESULTS / "streaming.json"
     kept = json.loads(previous.read_text()) if args.part != "all" and previous.exists() else {}
     started = time.time()
     real = EcapaEmbedder().load()
     spoof = SpoofDetector(max_windows=1).load()
     out: dict[str, object] = {**kept, "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()}}
-    times: dict[str, list[float]] = {}
     trajectories: dict[str, object] = {}
     settings = SessionSettings()
     with tempfile.TemporaryDirectory() as tmp:
@@ -520,11 +544,11 @@ def main() -> None:
             result["background_customers"] = background
             result["thresholds"] = thresholds.describe()
             result["accept_llr_in_calls"] = round(accept, 3)
-            times[name] = [replay(t, accept, decision_s) for t in runs.genuine]
             trajectories[name] = {"genuine": [compact(t) for t in runs.genuine],
                                   "impostor": [compact(t) for t in runs.impostor],
                                   "spliced": [compact(t) for t in runs.spliced],
-                                  "splice_at_s": runs.splice_at_s, "accept_llr": thresholds.accept_llr}
+                                  "splice_at_s": runs.splice_at_s, "accept_llr": thresholds.accept_llr,
+                                  "accept_llr_in_calls": accept, "decision_s": decision_s}
             out[name] = result
             print(name, json.dumps(result, default=str), flush=True)
             if name == "librispeech":
@@ -562,7 +586,7 @@ def main() -> None:
     (RESULTS / "streaming.json").write_text(json.dumps(out, indent=2, default=str))
     if trajectories:
         (RESULTS / "streaming-trajectories.json").write_text(json.dumps(trajectories, default=str))
-        plot(times, RESULTS / "streaming.png")
+        plot(trajectories, RESULTS / "streaming.png")
     print(json.dumps({k: out.get(k) for k in ("feed_latency_us", "capacity")}, indent=2, default=str))
 
 
