@@ -434,7 +434,8 @@ class CallSession:
         self._voiceprint = voiceprint
         self._on_decision = on_decision
         self._on_update = on_update
-        self._screens = tuple(screens)
+        self._screens = list(screens)
+        """Screens still to run: one that has fired is not run again (no repeated audit events)."""
         self._started = time.monotonic()
         self._last_fed = self._started
         self._dtype = _DTYPES[encoding]
@@ -761,7 +762,13 @@ class CallSession:
         with self._lock:
             evidence = self._evidence
             evidence.add(np.asarray(embedding, dtype=np.float32), segment.speech_s)
-            verdicts = [v for v in (s(evidence.screen_input(self.customer_id)) for s in self._screens) if v]
+            data = evidence.screen_input(self.customer_id)
+            verdicts = []
+            for screen in tuple(self._screens):
+                verdict = screen(data)
+                if verdict is not None:
+                    verdicts.append(verdict)
+                    self._screens.remove(screen)  # it has fired: its flag stays for the rest of the call
             reason = ""
             for verdict in verdicts:
                 self._flags[verdict.flag] = None
