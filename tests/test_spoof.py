@@ -137,3 +137,64 @@ def test_concurrent_scoring_matches_sequential(detector: SpoofDetector) -> None:
     for t in threads:
         t.join()
     assert [got[i] for i in range(3)] == pytest.approx(expected, abs=1e-4)
+
+
+# -- fitting the threshold on the bank's own channel ----------------------------------------
+
+
+def test_threshold_for_false_alarms_flags_at_most_that_share() -> None:
+    from voiceauth.errors import CalibrationError
+    from voiceauth.spoof import threshold_for_false_alarms
+
+    scores = np.linspace(-10, 10, 40)
+    threshold = threshold_for_false_alarms(scores, 0.05)
+    assert np.mean(scores < threshold) <= 0.05 and np.mean(scores < np.nextafter(threshold, np.inf)) > 0.05
+    with pytest.raises(CalibrationError, match="at least 20 recordings"):
+        threshold_for_false_alarms(scores[:19], 0.05)
+    with pytest.raises(CalibrationError, match="between 0 and 1"):
+        threshold_for_false_alarms(scores, 0.0)
+
+
+def test_threshold_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from voiceauth.errors import CalibrationError
+    from voiceauth.spoof import DEFAULT_THRESHOLD, THRESHOLD_ENV
+
+    monkeypatch.delenv(THRESHOLD_ENV, raising=False)
+    assert SpoofDetector().threshold == DEFAULT_THRESHOLD
+    monkeypatch.setenv(THRESHOLD_ENV, "-2.5")
+    assert SpoofDetector().threshold == -2.5 and SpoofDetector(threshold=1.0).threshold == 1.0
+    monkeypatch.setenv(THRESHOLD_ENV, "lots")
+    with pytest.raises(CalibrationError, match=THRESHOLD_ENV):
+        SpoofDetector()
+
+
+def test_spoof_threshold_cli_fits_on_genuine_calls(tmp_path: Path, speakers, capsys, monkeypatch) -> None:  # noqa: ANN001
+    import json
+
+    from voiceauth.cli import EXIT_ERROR, EXIT_OK, main
+    from voiceauth.spoof import THRESHOLD_ENV
+
+    monkeypatch.delenv(THRESHOLD_ENV, raising=False)
+    folder = tmp_path / "calls"
+    folder.mkdir()
+    (folder / "broken.wav").write_bytes(b"RIFF not really audio")
+    a, b = sorted(speakers)[:2]
+    args = ["spoof-threshold", str(folder), *map(str, speakers[a]), *map(str, speakers[b]), "--phone"]
+    assert main([*args, "--false-alarm", "0.1", "--json"]) == EXIT_OK
+    fit = json.loads(capsys.readouterr().out)
+    assert fit["recordings"] == 20 and len(fit["skipped"]) == 1 and fit["skipped"][0].startswith("broken.wav")
+    assert fit["false_alarm"] == 0.1 and fit["threshold"] > fit["current_threshold"]  # phone audio: stricter here
+
+    # the fitted threshold, put in the environment, flags at most 10 % of those callers
+    monkeypatch.setenv(THRESHOLD_ENV, str(fit["threshold"]))
+    from voiceauth.audio import load_audio, telephone_channel
+
+    detector = SpoofDetector(max_windows=1)
+    flagged = []
+    for path in [*speakers[a], *speakers[b]]:
+        audio = telephone_channel(load_audio(path))
+        flagged.append(detector.score(audio.samples, audio.sample_rate).suspected)
+    assert detector.threshold == fit["threshold"] and 0 < sum(flagged) <= 2
+
+    assert main(["spoof-threshold", *map(str, speakers[a][:3])]) == EXIT_ERROR
+    assert "at least 20 recordings" in capsys.readouterr().err

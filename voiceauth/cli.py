@@ -291,6 +291,33 @@ def policy(target_far: float, max_false_reject: float, calibration: str | None, 
     emit(as_json, described, "\n".join(f"{k}: {v}" for k, v in described.items()))
 
 
+@cli.command(name="spoof-threshold")
+@click.argument("recordings", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--false-alarm", type=float, default=0.05, show_default=True,
+              help="Share of genuine callers the spoof check may flag.")
+@click.option("--phone", is_flag=True,
+              help="Pass wideband recordings through a simulated phone line first (not for real call audio).")
+@click.option("--json", "as_json", is_flag=True)
+def spoof_threshold(recordings: Sequence[str], false_alarm: float, phone: bool, as_json: bool) -> None:
+    """Fit the spoof check's threshold on RECORDINGS (files or folders) of genuine callers on your channel."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from voiceauth.bench import audio_tree
+    from voiceauth.spoof import THRESHOLD_ENV, fit_threshold
+
+    files = [f for r in recordings for f in (audio_tree(Path(r)) if Path(r).is_dir() else [Path(r)])]
+    fit = fit_threshold(files, false_alarm, phone=phone)
+    text = (f"{fit.recordings} genuine recordings (median bona fide score {fit.median_score:+.2f}); "
+            f"the threshold in force ({fit.current_threshold:+.2f}) flags {fit.false_alarm_at_current:.1%} of them.\n"
+            f"threshold for {fit.false_alarm:.1%} false alarms: {fit.threshold:+.3f}\n"
+            f"use it: export {THRESHOLD_ENV}={fit.threshold}   "
+            f"(or VoiceAuth(spoof=SpoofDetector(threshold={fit.threshold})))")
+    if fit.skipped:
+        text += f"\nskipped {len(fit.skipped)}: " + "; ".join(fit.skipped[:5])
+    emit(as_json, asdict(fit), text)
+
+
 @cli.group()
 def consent() -> None:
     """Consent records."""

