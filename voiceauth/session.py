@@ -27,7 +27,8 @@ calls, does the rest:
    fires ``on_decision`` once, on a worker thread.
 4. *spoof check* (once per call): when the call first has enough net speech for a
    decision, the last ``spoof_window_s`` (4.04 s) of its decoded audio, pauses included,
-   is scored by ``va.spoof`` (AASIST) on a worker that is not holding the speaker model.
+   is scored by ``va.spoof`` (AASIST). Model work, embedding batches and spoof checks
+   alike, runs one call at a time, oldest first, with all of torch's threads.
    Until the verdict is in, the call cannot become AUTHENTICATED (it stays PENDING even
    when the voice matches); a suspected spoof sets SPOOF_SUSPECTED and bars
    authentication for the rest of the call (NOT_AUTHENTICATED). One check costs about
@@ -226,10 +227,6 @@ class SessionSettings:
     """Run ``VoiceAuth.spoof`` (AASIST) once per call; AUTHENTICATED waits for a clean verdict."""
     spoof_window_s: float = 4.0375
     """Raw call audio scored by the spoof check: the network's 64 600-sample window."""
-    model_threads: int | None = None
-    """If set, the pool sets torch's intra-op threads to this when its workers start
-    (``torch.set_num_threads`` is process-wide). With ``workers`` model calls running side
-    by side, ``cores / workers`` avoids oversubscribing the CPU; None leaves torch alone."""
 
     def __post_init__(self) -> None:
         positive = ("segment_s", "max_queued_s", "max_chunk_s", "idle_timeout_s", "reap_interval_s", "spoof_window_s")
@@ -476,7 +473,8 @@ class CallSession:
         self._spoof_audio: np.ndarray | None = None
         self._spoof_queued_at = 0.0
         self._spoof_score: float | None = None
-        self._last_score: tuple[float, float, Normalisation] | None = None
+        self._last_score: tuple[float, Normalisation] | None = None
+        """LLR and normalisation of the latest update, to decide again when the spoof verdict comes."""
         self._barred = False
         self._flags: dict[Flag, None] = {}
         self._history: deque[Revision] = deque(maxlen=settings.history_limit)
@@ -695,7 +693,7 @@ class CallSession:
             self._spoof_state = _Spoof.CLEAN
             status, why = r.status, ""
             if self._last_score is not None:
-                llr, _, normalisation = self._last_score
+                llr, normalisation = self._last_score
                 status, why = self._decide(llr, r.speech_s, normalisation)
             return self._publish(status, why and f"{why} (spoof check passed)", r.speech_s, r.llr, r.confidence)
 
@@ -784,7 +782,7 @@ class CallSession:
             )
             if score.normalisation is Normalisation.RAW:
                 self._flags[Flag.SMALL_COHORT] = None
-            self._last_score = (score.llr, score.confidence, score.normalisation)
+            self._last_score = (score.llr, score.normalisation)
             status, why = self._decide(score.llr, speech_s, score.normalisation)
             return self._publish(status, reason or why, speech_s, score.llr, score.confidence)
 
@@ -1061,10 +1059,6 @@ class SessionPool:
                 self._cond.wait(max(0.0, self._next_reap - now))
 
     def _work(self) -> None:
-        if self.settings.model_threads is not None:
-            import torch
-
-            torch.set_num_threads(self.settings.model_threads)
         while (job := self._next_job()) is not None:
             try:
                 self._run_job(*job)
