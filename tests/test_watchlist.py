@@ -149,11 +149,11 @@ def test_concurrent_screens_load_once_and_see_a_removal(make_client, speakers) -
 # -- scoring ------------------------------------------------------------------------------------
 
 
-def test_top_stats_match_as_norm() -> None:
+def test_batched_cohort_stats_match_as_norm() -> None:
+    """The watchlist's batched AS-norm (many entries at once) equals the per-trial formula."""
     import numpy as np
 
-    from voiceauth.scoring import as_norm
-    from voiceauth.watchlist import top_stats
+    from voiceauth.scoring import COHORT_TOP_N, as_norm, top_stats
 
     rng = np.random.default_rng(7)
     unit = lambda m: m / np.linalg.norm(m, axis=-1, keepdims=True)  # noqa: E731
@@ -162,8 +162,18 @@ def test_top_stats_match_as_norm() -> None:
     t_mean, t_std = top_stats((cohort @ probe)[:, None])
     raw = entries @ probe
     z = 0.5 * ((raw - e_mean) / e_std + (raw - t_mean) / t_std)
-    expected = [as_norm(float(raw[k]), entries[k], probe, cohort) for k in range(4)]
-    np.testing.assert_allclose(z, expected, rtol=1e-9)
+
+    def side(scores: np.ndarray) -> tuple[float, float]:  # written out with a full sort
+        top = np.sort(scores)[-COHORT_TOP_N:]
+        return float(top.mean()), float(top.std())
+
+    reference = []
+    for k in range(4):
+        (em, es), (tm, ts) = side(cohort @ entries[k]), side(cohort @ probe)
+        reference.append(0.5 * ((raw[k] - em) / es + (raw[k] - tm) / ts))
+    np.testing.assert_allclose(z, reference, rtol=1e-9)
+    np.testing.assert_allclose([as_norm(float(raw[k]), entries[k], probe, cohort) for k in range(4)], reference,
+                               rtol=1e-9)
 
 
 def test_split_thresholds_keep_the_false_hit_budget(make_client) -> None:  # noqa: ANN001

@@ -45,18 +45,24 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
     return a @ b
 
 
+def top_stats(scores: np.ndarray, top_n: int = COHORT_TOP_N) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (at least 1e-6) of the ``top_n`` highest scores of each column.
+
+    ``scores`` is (cohort, m): the cohort side of AS-norm for m embeddings at once.
+    """
+    n = min(top_n, len(scores))
+    top = np.partition(scores, len(scores) - n, axis=0)[len(scores) - n :]
+    return top.mean(axis=0), np.maximum(top.std(axis=0), 1e-6)
+
+
 def as_norm(raw: float, enrol: np.ndarray, test: np.ndarray, cohort: np.ndarray, top_n: int = COHORT_TOP_N) -> float:
     """Adaptive symmetric normalisation of one trial score against an impostor cohort.
 
     Each side is compared with the cohort; the ``top_n`` highest cohort scores of each
     side give a mean and standard deviation, and the score is z-normalised against both.
     """
-    n = min(top_n, len(cohort))
-    enrol_side = np.sort(cohort @ enrol)[-n:]
-    test_side = np.sort(cohort @ test)[-n:]
-    z_enrol = (raw - enrol_side.mean()) / max(float(enrol_side.std()), 1e-6)
-    z_test = (raw - test_side.mean()) / max(float(test_side.std()), 1e-6)
-    return 0.5 * (z_enrol + z_test)
+    (enrol_mean, test_mean), (enrol_std, test_std) = top_stats(cohort @ np.stack([enrol, test], axis=1), top_n)
+    return float(0.5 * ((raw - enrol_mean) / enrol_std + (raw - test_mean) / test_std))
 
 
 def duration_feature(speech_s: np.ndarray | float) -> np.ndarray:

@@ -45,7 +45,7 @@ from voiceauth.enrolment import EnrolMode, builder, pool
 from voiceauth.errors import NoSpeechError, VoiceAuthError
 from voiceauth.evaluation import threshold_for_far
 from voiceauth.results import WatchlistHit
-from voiceauth.scoring import COHORT_TOP_N, MIN_COHORT, Normalisation
+from voiceauth.scoring import MIN_COHORT, Normalisation, top_stats
 from voiceauth.store.base import AuditRecord, Namespace, VoiceprintInfo
 
 if TYPE_CHECKING:
@@ -57,17 +57,6 @@ MIN_WATCHLIST_SPEECH_S = 3.0
 WATCHLIST_TTL_S = 10.0
 """How long a process screens against its in-memory copy of the watchlist before reloading it."""
 _clock = time.monotonic
-
-
-def top_stats(scores: np.ndarray, top_n: int = COHORT_TOP_N) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of the ``top_n`` highest cohort scores of each column.
-
-    ``scores`` is (cohort, m): the cohort side of AS-norm for m embeddings at once, the
-    same statistics as :func:`voiceauth.scoring.as_norm` computes for one.
-    """
-    n = min(top_n, len(scores))
-    top = np.partition(scores, len(scores) - n, axis=0)[len(scores) - n:]
-    return top.mean(axis=0), np.maximum(top.std(axis=0), 1e-6)
 
 
 @dataclass(frozen=True)
