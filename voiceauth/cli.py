@@ -454,6 +454,29 @@ def watchlist_remove(label: str, store: str, model_dir: str | None, as_json: boo
     emit(as_json, {"label": label, "removed": removed}, f"{label}: {'removed' if removed else 'not listed'}")
 
 
+@cli.command()
+@click.option("--store", default="voiceprints.db", envvar="VOICEAUTH_STORE", show_default=True,
+              help="SQLite file or postgresql:// URL of the voiceprint store to check.")
+@click.option("--no-store", is_flag=True, help="Skip the store check.")
+@click.option("--model-dir", type=click.Path(file_okay=False), envvar="VOICEAUTH_MODEL_DIR",
+              help="Directory holding the ECAPA model files (else the cache).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def doctor(store: str, no_store: bool, model_dir: str | None, as_json: bool) -> int:
+    """Check the installation: speech stack, model files, key file, store. Exit 2 if anything is broken."""
+    from dataclasses import asdict
+
+    from voiceauth.doctor import run_checks
+
+    checks = run_checks(None if no_store else store, model_dir)
+    lines = []
+    for check in checks:
+        lines.append(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+        if check.fix:
+            lines.append(f"      fix: {check.fix}")
+    emit(as_json, [asdict(c) for c in checks], "\n".join(lines))
+    return EXIT_OK if all(c.ok for c in checks) else EXIT_ERROR
+
+
 def _register_optional_commands() -> None:
     from voiceauth.bulk import enroll_batch_command  # imports Ray only when --ray is used
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from voiceauth.audio import MODEL_RATE
+from voiceauth.doctor import ensure_speech_stack
 from voiceauth.errors import AudioError
 from voiceauth.models import ECAPA, cache_root, resolve
 
@@ -112,6 +113,7 @@ class EcapaEmbedder:
     def load(self) -> EcapaEmbedder:
         """Resolve and load the weights now instead of on first use."""
         if self._model is None:
+            ensure_speech_stack()
             directory = resolve(ECAPA, self._model_dir)
             self._model = _load_speechbrain(directory, self._device)
         return self

@@ -10,6 +10,7 @@ and every message says what happened and what to do about it::
     ├── ModelError
     │   ├── ModelUnavailableError  no source could provide the model weights
     │   ├── ModelChecksumError     weights found, but their checksum is wrong
+    │   ├── SpeechStackError       torch / torchaudio / SpeechBrain cannot load (see `voiceauth doctor`)
     │   └── ModelMismatchError     a voiceprint was made by another model
     ├── StoreError                 the voiceprint store cannot be used
     │   ├── StoreCorruptError      the store file is not a voiceauth database
@@ -53,6 +54,10 @@ class ModelUnavailableError(ModelError):
 
 class ModelChecksumError(ModelError):
     """Model weights were found but their checksum does not match."""
+
+
+class SpeechStackError(ModelError):
+    """The installed torch / torchaudio / SpeechBrain cannot load; the message names the fixing command."""
 
 
 class ModelMismatchError(ModelError):

@@ -200,6 +200,9 @@ class SpoofDetector:
 
     def _ensure_loaded(self) -> Any:
         if self._net is None:
+            from voiceauth.doctor import ensure_speech_stack
+
+            ensure_speech_stack()
             from voiceauth.spoof_net import load_aasist
 
             directory: Path = models.resolve(models.AASIST, self.model_dir)
