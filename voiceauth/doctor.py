@@ -105,7 +105,8 @@ def check_models(model_dir: str | None = None, spoof_model_dir: str | None = Non
         directory = Path(given).expanduser() if given else cache_root() / "models" / spec.name
         pull = "voiceauth models pull" + (" --spoof" if spec is AASIST else "")
         if not given and not directory.is_dir():
-            checks.append(Check(f"model {spec.name}", True, f"not downloaded yet (fetched on first use or by `{pull}`)"))
+            detail = f"not downloaded yet (fetched on first use or by `{pull}`)"
+            checks.append(Check(f"model {spec.name}", True, detail))
             continue
         try:
             verify(spec, directory)
@@ -138,7 +139,7 @@ def check_key_file() -> list[Check]:
         return [Check("encryption key", True, "from VOICEAUTH_KEY")]
     path = key_file_path()
     if not path.exists():
-        return [Check("encryption key", True, f"{path} does not exist yet (created, mode 0600, by the first enrolment)")]
+        return [Check("encryption key", True, f"{path} does not exist yet (created with mode 0600 on first use)")]
     problems = []
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
