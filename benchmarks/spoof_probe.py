@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> None:
     from voiceauth.audio import load_audio, resample, telephone_channel
     from voiceauth.spoof import DEFAULT_THRESHOLD, SpoofDetector
 
-    detector = SpoofDetector(max_windows=args.max_windows).load()
+    detector = SpoofDetector().load()
     bona_files = sorted((CORPUS / "test-other").rglob("*.flac"))
     bona_files += sorted((CORPUS / "train-clean").rglob("*.flac"))[: args.train_clean]
     espeak_dir = Path(tempfile.gettempdir()) / "spoof-attacks" / "espeak"
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> None:
 
     report: dict = {
         "model_id": detector.model_id,
-        "max_windows": args.max_windows,
+        "scoring": "every window of the detected speech; the lowest decides",
         "default_threshold": DEFAULT_THRESHOLD,
         "bona_fide": {"files": len(bona_files), "source": "LibriSpeech test-other (all) + train-clean (first N)"},
         "channels": {},
@@ -190,7 +190,6 @@ def main() -> None:
     p_run = sub.add_parser("run", help="score bona fide vs attacks and write the JSON report")
     p_run.add_argument("--kokoro", help="directory of Kokoro WAVs made by make-kokoro")
     p_run.add_argument("--train-clean", type=int, default=60, help="train-clean files to add to test-other")
-    p_run.add_argument("--max-windows", type=int, default=2, help="windows scored per file (CPU cost)")
     p_make = sub.add_parser("make-kokoro", help="synthesise the Kokoro attack set")
     p_make.add_argument("--out", required=True)
     args = parser.parse_args()

@@ -103,12 +103,12 @@ class CachedSpoof:
         self._cache: dict[bytes, SpoofResult] = {}
         self._lock = threading.Lock()
 
-    def score(self, samples: np.ndarray, sample_rate: int) -> SpoofResult:
+    def score_speech(self, samples: np.ndarray, sample_rate: int) -> SpoofResult:
         key = hashlib.blake2b(np.ascontiguousarray(samples).tobytes(), digest_size=16).digest()
         with self._lock:
             hit = self._cache.get(key)
         if hit is None:
-            hit = self.inner.score(samples, sample_rate)
+            hit = self.inner.score_speech(samples, sample_rate)
             with self._lock:
                 self._cache[key] = hit
         return hit
@@ -513,7 +513,7 @@ def main() -> None:
     kept = json.loads(previous.read_text()) if args.part != "all" and previous.exists() else {}
     started = time.time()
     real = EcapaEmbedder().load()
-    spoof = SpoofDetector(max_windows=1).load()
+    spoof = SpoofDetector().load()
     out: dict[str, object] = {**kept, "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()}}
     trajectories: dict[str, object] = {}
     settings = SessionSettings()

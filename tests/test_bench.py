@@ -44,7 +44,7 @@ def test_bench_json_has_both_systems_and_counts_skipped_files(capsys, corpus, tm
     # the trials feed straight into `voiceauth calibrate`
     code = main(["calibrate", str(out / "bench-trials.csv"), "-o", str(tmp_path / "cal.json"), "--json"])
     assert code == EXIT_ERROR  # 6 genuine trials are too few to fit, and the error says so
-    assert "at least 10 genuine" in capsys.readouterr().err
+    assert "at least 100 genuine" in capsys.readouterr().err
 
 
 def test_corpus_with_one_speaker(tmp_path, speakers) -> None:  # noqa: ANN001
@@ -71,7 +71,7 @@ def test_calibrate_refits_on_enough_trials(capsys, tmp_path) -> None:  # noqa: A
 
     rng = np.random.default_rng(0)
     rows = ["score,label,speech_s"]
-    for _ in range(300):
+    for _ in range(600):
         genuine = rng.random() < 0.3
         rows.append(f"{rng.normal(0.6 if genuine else 0.1, 0.1):.4f},{'genuine' if genuine else 'impostor'},"
                     f"{rng.uniform(1, 20):.1f}")

@@ -10,6 +10,7 @@ import pytest
 from voiceauth.bench import fit_calibrations, read_trials
 from voiceauth.errors import CalibrationError
 from voiceauth.scoring import (
+    MIN_TRIALS_PER_CLASS,
     Calibration,
     CalibrationSet,
     Decision,
@@ -66,7 +67,7 @@ def test_confidence_is_posterior_under_prior() -> None:
 
 def test_fit_refuses_one_class_and_nan() -> None:
     s, y, d = synthetic_trials(200)
-    with pytest.raises(CalibrationError, match="at least 10 genuine"):
+    with pytest.raises(CalibrationError, match=f"at least {MIN_TRIALS_PER_CLASS} genuine"):
         Calibration.fit(s, np.ones_like(y), d)
     s[3] = np.nan
     with pytest.raises(CalibrationError, match="NaN"):
@@ -76,7 +77,7 @@ def test_fit_refuses_one_class_and_nan() -> None:
 def test_calibration_set_round_trips_through_a_file(tmp_path: Path) -> None:
     s, y, d = synthetic_trials(500)
     cals = CalibrationSet("m", {Normalisation.RAW: Calibration.fit(s, y, d)})
-    loaded = CalibrationSet.load(cals.save(tmp_path / "c.json"))
+    loaded = CalibrationSet.load(cals.save(tmp_path / "c.json"), model_id="m")
     expected = cals.get(Normalisation.RAW).llr(0.5, 5.0)
     assert loaded.get(Normalisation.RAW).llr(0.5, 5.0) == pytest.approx(expected, abs=1e-3)
     # asking for a normalisation that was not fitted falls back to raw
@@ -124,7 +125,7 @@ def test_trials_file_with_unknown_label_is_a_clear_error(tmp_path: Path) -> None
 
 
 def test_trials_file_fits_and_saves(tmp_path: Path) -> None:
-    s, y, d = synthetic_trials(300)
+    s, y, d = synthetic_trials(600)
     path = tmp_path / "t.csv"
     rows = "".join(f"{a:.4f},{'target' if b else 'nontarget'},{c:.1f}\n" for a, b, c in zip(s, y, d, strict=True))
     path.write_text("score,label,speech_s\n" + rows)

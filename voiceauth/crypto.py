@@ -2,20 +2,25 @@
 
 Key sources, in order:
 
-1. ``VOICEAUTH_KEY``: base64 of 32 random bytes. To rotate in this mode, also set
-   ``VOICEAUTH_NEW_KEY`` to the new key; once the rotation has committed, switch
-   ``VOICEAUTH_KEY`` to that new value (the store records which key id is current and
-   refuses to open under any other key).
+1. ``VOICEAUTH_KEY``: base64 of 32 random bytes, for every store the process opens. To
+   rotate in this mode, also set ``VOICEAUTH_NEW_KEY`` to the new key; once the rotation has
+   committed, switch ``VOICEAUTH_KEY`` to that new value (the store records which key id it
+   uses and refuses to open under any other key).
 2. a key file: ``VOICEAUTH_KEY_FILE``, else ``$XDG_CONFIG_HOME/voiceauth/keyring.json``
    (``~/.config/voiceauth/keyring.json``), created on first use with mode 0600 in a 0700
-   directory, always rewritten atomically. Format: ``{"current": id, "keys": {id: base64}}``.
+   directory, always rewritten atomically under a lock. Every store gets its own key, and
+   each key record lists the stores (by the random store id kept in each store) that use it::
+
+       {"version": 2, "keys": {id: {"key": base64, "stores": [store id, ...]}}}
+
+   Rotating a store adds a key for it and, once the rotation has committed, takes the store
+   off its old key's record. The old key stays in the file (old backups of that store still
+   decrypt) until :meth:`KeyRing.retire_unused` deletes every key no store uses: retiring is
+   an explicit step, never a side effect of rotating one store.
 
 A key id is derived from the key itself, so one key always has one id. Generate a key with::
 
     python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())"
-
-Keys in a key file are per deployment, not per store: rotating one store drops the key it
-was using, so stores that share a key file should be rotated together (or use separate files).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from voiceauth.errors import KeyMissingError, TamperedError
@@ -36,9 +41,12 @@ from voiceauth.errors import KeyMissingError, TamperedError
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
+KEY_FILE_VERSION = 2
 GENERATE_HINT = 'python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())"'
 
 Keys = dict[str, bytes]
+Users = dict[str, frozenset[str]]
+"""Key id -> ids of the stores that use the key."""
 
 
 def key_id(key: bytes) -> str:
@@ -69,17 +77,22 @@ def key_file_path() -> Path:
 
 
 class KeyRing:
-    """Known keys by id and the id new data is encrypted under.
+    """Known keys by id, and which stores use each.
 
-    ``path`` is the key file the ring persists to, or None for keys from the environment
-    (or ephemeral keys): then rotation changes only this process's copy.
+    ``path`` is the key file the ring persists to: each new store gets its own key there.
+    Without a path (keys from the environment, or given explicitly) every new store uses
+    ``default``, and rotation changes only this process's copy.
     """
 
-    def __init__(self, keys: Keys, current: str, path: Path | None = None) -> None:
-        if current not in keys:
-            raise KeyMissingError(f"current key {current} is not in the keyring; restore the key file from backup")
+    def __init__(self, keys: Keys, default: str | None = None, path: Path | None = None,
+                 users: Mapping[str, Iterable[str]] | None = None) -> None:
+        if default is not None and default not in keys:
+            raise KeyMissingError(f"default key {default} is not in the keyring; pass one of the given keys")
+        if path is None and default is None:
+            raise KeyMissingError("a keyring without a key file needs a default key; set VOICEAUTH_KEY")
         self._keys = dict(keys)
-        self.current = current
+        self._users: Users = {kid: frozenset(ids) for kid, ids in (users or {}).items()}
+        self.default = default
         self.path = path
 
     @classmethod
@@ -93,15 +106,18 @@ class KeyRing:
         """Ids of the loaded keys."""
         return tuple(self._keys)
 
+    def users(self, kid: str) -> frozenset[str]:
+        """Ids of the stores the key file records as using key ``kid`` (empty without a key file)."""
+        return self._users.get(kid, frozenset())
+
     def has(self, kid: str) -> bool:
         """Whether key ``kid`` is loaded (re-reading the key file once if it is not)."""
         return kid in self._keys or self._reload_for(kid)
 
-    def encrypt(self, plaintext: bytes, aad: bytes, kid: str | None = None) -> tuple[str, bytes]:
-        """(key id, nonce || ciphertext+tag) under ``kid`` (default: the current key)."""
+    def encrypt(self, plaintext: bytes, aad: bytes, kid: str) -> tuple[str, bytes]:
+        """(key id, nonce || ciphertext+tag) under key ``kid``."""
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        kid = kid or self.current
         nonce = os.urandom(NONCE_BYTES)
         return kid, nonce + AESGCM(self._key(kid)).encrypt(nonce, plaintext, aad)
 
@@ -117,31 +133,54 @@ class KeyRing:
             return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
         except InvalidTag:
             raise TamperedError(
-                f"{what} failed authentication: the row was modified or moved; restore it from backup or re-enrol"
+                f"{what} failed authentication: the row was modified, moved or restored from a backup; "
+                "restore it from backup or re-enrol"
             ) from None
+
+    def derive(self, kid: str, label: str) -> bytes:
+        """A 32-byte subkey of key ``kid`` for one other purpose (HKDF-SHA256, ``label`` as info)."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        return HKDF(hashes.SHA256(), KEY_BYTES, salt=None, info=label.encode()).derive(self._key(kid))
 
     def _key(self, kid: str) -> bytes:
         if not self.has(kid):
             raise KeyMissingError(
-                f"no key with id {kid} is loaded (loaded: {', '.join(self._keys)}); set VOICEAUTH_KEY / "
+                f"no key with id {kid} is loaded (loaded: {', '.join(self._keys) or 'none'}); set VOICEAUTH_KEY / "
                 "VOICEAUTH_KEY_FILE to the key the store was written with (after a rotation with VOICEAUTH_KEY, "
                 "set it to the value of VOICEAUTH_NEW_KEY)"
             )
         return self._keys[kid]
 
     def _reload_for(self, kid: str) -> bool:
-        """Another process may have rotated: pick up keys added to the key file since loading."""
+        """Another process may have added keys to the key file since loading: pick them up."""
         if self.path is None or not self.path.exists():
             return False
-        self._keys = {**self._keys, **_read_key_file(self.path)[0]}
+        self._adopt(*_read_key_file(self.path))
         return kid in self._keys
 
-    # -- rotation --------------------------------------------------------------------
-    def stage_new_key(self) -> str:
-        """Add a new key next to the old ones (durably, before any data uses it); return its id.
+    def _adopt(self, keys: Keys, users: Users) -> None:
+        self._keys = {**self._keys, **keys}
+        self._users = {**self._users, **users}
 
-        Key-file mode generates the key; ``VOICEAUTH_KEY`` mode takes it from ``VOICEAUTH_NEW_KEY``.
-        ``current`` does not change until :meth:`retire` (or :meth:`retire_all_but`).
+    def _change_file(self, change: Callable[[Keys, Users], tuple[Keys, Users]]) -> None:
+        assert self.path is not None
+        self._adopt(*_update_key_file(self.path, change))
+
+    # -- keys for stores -----------------------------------------------------------------
+    def key_for_store(self, store_id: str) -> str:
+        """The key a new store encrypts under: ``default`` without a key file, else a new key
+        recorded in the key file as store ``store_id``'s (durably, before any data uses it)."""
+        if self.path is None:
+            assert self.default is not None
+            return self.default
+        return self._new_file_key(store_id)
+
+    def stage_new_key(self, store_id: str) -> str:
+        """A new key for store ``store_id``, saved next to the old ones before any data uses it.
+
+        Key-file mode generates it; ``VOICEAUTH_KEY`` mode takes it from ``VOICEAUTH_NEW_KEY``.
         """
         if self.path is None:
             staged = os.environ.get("VOICEAUTH_NEW_KEY")
@@ -153,31 +192,59 @@ class KeyRing:
             key = _decode_key(staged, "VOICEAUTH_NEW_KEY")
             self._keys[key_id(key)] = key
             return key_id(key)
+        return self._new_file_key(store_id)
+
+    def _new_file_key(self, store_id: str) -> str:
         key = os.urandom(KEY_BYTES)
         kid = key_id(key)
 
-        def add(keys: Keys, current: str) -> tuple[Keys, str]:
-            return {**keys, kid: key}, current
+        def add(keys: Keys, users: Users) -> tuple[Keys, Users]:
+            return {**keys, kid: key}, {**users, kid: frozenset({store_id})}
 
-        self._keys = {**self._keys, **_update_key_file(self.path, add), kid: key}
+        self._change_file(add)
         return kid
 
-    def retire(self, new_current: str, old: Iterable[str]) -> None:
-        """After a committed rotation: make ``new_current`` current and forget the ``old`` keys."""
-        keep = {new_current: self._key(new_current)}
-        drop = set(old) - set(keep)
-        if self.path is not None:
+    def assign(self, store_id: str, kid: str) -> None:
+        """Record in the key file that store ``store_id`` uses key ``kid`` and no other.
 
-            def swap(keys: Keys, current: str) -> tuple[Keys, str]:
-                return {k: v for k, v in keys.items() if k not in drop} | keep, new_current
+        Call it under the store's write lock with the key the store has committed to (after a
+        rotation, and on every open, which finishes one a crash interrupted or drops a key a
+        crashed rotation staged). Keys no store uses stay, so old backups still decrypt, until
+        :meth:`retire_unused`; other stores' records are untouched.
+        """
+        if self.path is None or not self.path.exists():
+            return
 
-            _update_key_file(self.path, swap)
-        self._keys = {k: v for k, v in self._keys.items() if k not in drop}
-        self.current = new_current
+        def reassign(keys: Keys, users: Users) -> tuple[Keys, Users]:
+            if kid not in keys:  # the store's key comes from elsewhere: leave the file alone
+                return keys, users
+            return keys, {k: users.get(k, frozenset()) - {store_id} | ({store_id} if k == kid else set())
+                          for k in keys}
 
-    def retire_all_but(self, kid: str) -> None:
-        """After a committed rotation: make ``kid`` current and forget every other key."""
-        self.retire(kid, [k for k in self._keys if k != kid])
+        self._change_file(reassign)
+
+    def retire_unused(self) -> list[str]:
+        """Delete from the key file every key no store uses any more; return their ids.
+
+        Copies (backups, WAL archives) of data under those keys become unreadable for good.
+        """
+        if self.path is None:
+            raise KeyMissingError(
+                "keys come from VOICEAUTH_KEY: retire an old key by destroying it in your secret store"
+            )
+        gone: list[str] = []
+
+        def retire(keys: Keys, users: Users) -> tuple[Keys, Users]:
+            gone[:] = [kid for kid in keys if not users.get(kid)]
+            return ({kid: key for kid, key in keys.items() if kid not in gone},
+                    {kid: ids for kid, ids in users.items() if kid not in gone})
+
+        if self.path.exists():
+            self._change_file(retire)
+        for kid in gone:
+            self._keys.pop(kid, None)
+            self._users.pop(kid, None)
+        return gone
 
 
 # -- the key file ------------------------------------------------------------------------------
@@ -203,9 +270,10 @@ def _file_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _serialise(keys: Keys, current: str) -> bytes:
-    return json.dumps({"current": current, "keys": {k: base64.b64encode(v).decode() for k, v in keys.items()}},
-                      indent=1).encode()
+def _serialise(keys: Keys, users: Users) -> bytes:
+    records = {kid: {"key": base64.b64encode(key).decode(), "stores": sorted(users.get(kid, ()))}
+               for kid, key in keys.items()}
+    return json.dumps({"version": KEY_FILE_VERSION, "keys": records}, indent=1).encode()
 
 
 def _write_new_file(directory: Path, payload: bytes) -> Path:
@@ -233,23 +301,33 @@ def _make_dir(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
-def _write_key_file(path: Path, keys: Keys, current: str) -> None:
+def _write_key_file(path: Path, keys: Keys, users: Users) -> None:
     """Replace the key file atomically: tmp file, fsync, rename, fsync the directory."""
     _make_dir(path.parent)
-    tmp = _write_new_file(path.parent, _serialise(keys, current))
+    tmp = _write_new_file(path.parent, _serialise(keys, users))
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
 
-def _update_key_file(path: Path, change: Callable[[Keys, str], tuple[Keys, str]]) -> Keys:
-    """Re-read the key file under its lock, apply ``change``, write it back; return the new keys."""
-    _make_dir(path.parent)
-    with _file_lock(path):
-        _remove_stale_tmp(path.parent)
-        keys, current = _read_key_file(path)
-        keys, current = change(keys, current)
-        _write_key_file(path, keys, current)
-    return keys
+def _update_key_file(path: Path, change: Callable[[Keys, Users], tuple[Keys, Users]]) -> tuple[Keys, Users]:
+    """Re-read the key file (absent: empty) under its lock, apply ``change``, write it back.
+    A change that changes nothing neither locks nor writes (a read-only key file keeps working)."""
+    current = _read_key_file(path) if path.exists() else ({}, {})
+    if change(*current) == current:
+        return current
+    try:
+        _make_dir(path.parent)
+        with _file_lock(path):
+            _remove_stale_tmp(path.parent)
+            before = _read_key_file(path) if path.exists() else ({}, {})
+            keys, users = change(*before)
+            if (keys, users) != before:
+                _write_key_file(path, keys, users)
+    except OSError as exc:
+        raise KeyMissingError(
+            f"cannot update key file {path} ({exc.strerror}); check that its directory is writable by this user"
+        ) from exc
+    return keys, users
 
 
 def _remove_stale_tmp(directory: Path, age_s: float = 600.0) -> None:
@@ -261,8 +339,8 @@ def _remove_stale_tmp(directory: Path, age_s: float = 600.0) -> None:
                 tmp.unlink()
 
 
-def _read_key_file(path: Path) -> tuple[Keys, str]:
-    """(keys, current id) from the key file; refuses a file other users can read."""
+def _read_key_file(path: Path) -> tuple[Keys, Users]:
+    """(keys, stores using each key) from the key file; refuses a file other users can read."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
@@ -273,33 +351,20 @@ def _read_key_file(path: Path) -> tuple[Keys, str]:
         raw = fh.read()
     try:
         data = json.loads(raw)
-        keys = {str(kid): _decode_key(text, f"key {kid} in {path}") for kid, text in data["keys"].items()}
-        current = str(data["current"])
+        if data.get("version") != KEY_FILE_VERSION:
+            raise KeyMissingError(
+                f"key file {path} is in the format of an older voiceauth (one key shared by every store), whose "
+                "stores this version cannot open; move it away (keep it as a backup) and enrol into a new store"
+            )
+        records = data["keys"]
+        keys = {str(kid): _decode_key(r["key"], f"key {kid} in {path}") for kid, r in records.items()}
+        users = {str(kid): frozenset(str(s) for s in r["stores"]) for kid, r in records.items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise KeyMissingError(f"key file {path} is malformed ({exc}); restore it from your key backup") from exc
-    if not keys:
-        raise KeyMissingError(f"key file {path} holds no keys; restore it from your key backup")
     bad = [kid for kid, key in keys.items() if key_id(key) != kid]
     if bad:
         raise KeyMissingError(f"key file {path} lists key(s) {', '.join(bad)} under the wrong id; restore it")
-    # a crash between staging and retiring leaves several keys; the store says which is current
-    return keys, current if current in keys else next(iter(keys))
-
-
-def _create_key_file(path: Path) -> KeyRing:
-    """A new key file with one random key; if another process won the race, load theirs."""
-    key = os.urandom(KEY_BYTES)
-    _make_dir(path.parent)
-    tmp = _write_new_file(path.parent, _serialise({key_id(key): key}, key_id(key)))
-    try:
-        os.link(tmp, path)  # atomic and exclusive: never a half-written key file
-    except FileExistsError:
-        keys, current = _read_key_file(path)
-        return KeyRing(keys, current, path)
-    finally:
-        tmp.unlink()
-    _fsync_dir(path.parent)
-    return KeyRing({key_id(key): key}, key_id(key), path)
+    return keys, users
 
 
 def _env_keyring(value: str) -> KeyRing:
@@ -313,17 +378,18 @@ def _env_keyring(value: str) -> KeyRing:
 
 
 def load_keyring(create: bool = True) -> KeyRing:
-    """Keys from ``VOICEAUTH_KEY``, else the key file (created with mode 0600 when absent and ``create``)."""
+    """Keys from ``VOICEAUTH_KEY``, else the key file (created, mode 0600, by the first store
+    that needs a key when absent and ``create``)."""
     env = os.environ.get("VOICEAUTH_KEY")
     if env:
         return _env_keyring(env)
     path = key_file_path()
     if path.exists():
-        keys, current = _read_key_file(path)
-        return KeyRing(keys, current, path)
+        keys, users = _read_key_file(path)
+        return KeyRing(keys, path=path, users=users)
     if not create:
         raise KeyMissingError(
             f"no encryption key: set VOICEAUTH_KEY (generate one with: {GENERATE_HINT}) or VOICEAUTH_KEY_FILE; "
             f"{path} does not exist"
         )
-    return _create_key_file(path)
+    return KeyRing({}, path=path)

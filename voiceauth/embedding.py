@@ -8,7 +8,6 @@ window embeddings averaged, so memory stays bounded whatever the input length.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Sequence
@@ -19,8 +18,8 @@ import numpy as np
 
 from voiceauth.audio import MODEL_RATE
 from voiceauth.doctor import ensure_speech_stack
-from voiceauth.errors import AudioError
-from voiceauth.models import ECAPA, cache_root, resolve
+from voiceauth.errors import AudioError, ModelChecksumError
+from voiceauth.models import ECAPA, resolve, verified_copy
 
 MIN_SAMPLES = MODEL_RATE // 4
 """Shortest input (0.25 s) the embedder accepts; shorter speech is padded by repetition."""
@@ -56,39 +55,54 @@ _MODELS: dict[tuple[str, str], Any] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def clear_model_cache() -> None:
-    """Forget every loaded speaker model (frees its memory once no embedder holds it)."""
-    with _MODELS_LOCK:
-        _MODELS.clear()
-
-
 def _load_speechbrain(model_dir: Path, device: str) -> Any:
+    """Load the ECAPA model from a private verified copy of ``model_dir`` (never from ``model_dir`` itself)."""
     key = (str(model_dir), device)
     with _MODELS_LOCK:
         if key in _MODELS:
             return _MODELS[key]
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from speechbrain.inference.speaker import EncoderClassifier
-
-            savedir = cache_root() / "speechbrain" / hashlib.sha256("|".join(key).encode()).hexdigest()[:16]
-            model = EncoderClassifier.from_hparams(
-                source=str(model_dir),
-                savedir=str(savedir),
-                overrides={"pretrained_path": str(model_dir)},
-                run_opts={"device": device},
-            )
+        with verified_copy(ECAPA, model_dir) as private:
+            model = _from_private_copy(private, device)
         model.eval()
         _MODELS[key] = model
         return model
 
 
+def _inside(path: object, root: Path) -> bool:
+    return isinstance(path, (str, os.PathLike)) and Path(os.path.realpath(path)).is_relative_to(root)
+
+
+def _from_private_copy(private: Path, device: str) -> Any:
+    """SpeechBrain's ``from_hparams`` steps, refusing any weight path outside ``private``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from hyperpyyaml import load_hyperpyyaml
+        from speechbrain.inference.speaker import EncoderClassifier
+
+        root = Path(os.path.realpath(private))
+        with open(root / "hyperparams.yaml", encoding="utf-8") as fh:  # bytes pinned: safe to execute
+            hparams = load_hyperpyyaml(fh, {"pretrained_path": str(root)})
+        pretrainer = hparams["pretrainer"]
+        outside = sorted(name for name, path in pretrainer.paths.items() if not _inside(path, root))
+        if outside:
+            raise ModelChecksumError(
+                f"hyperparams.yaml of model {ECAPA.name} loads {', '.join(outside)} from outside the verified "
+                "model files; use the pinned model files (`voiceauth models pull`)"
+            )
+        hparams["savedir"] = root / "collected"
+        pretrainer.set_collect_in(hparams["savedir"])
+        pretrainer.collect_files(default_source=str(root))
+        pretrainer.load_collected()
+        return EncoderClassifier(modules=hparams["modules"], hparams=hparams, run_opts={"device": device})
+
+
 class EcapaEmbedder:
     """The pretrained SpeechBrain ECAPA-TDNN (VoxCeleb, 192-d) speaker embedder.
 
-    Weights are found by :func:`voiceauth.models.resolve` on first use.
+    Weights are found by :func:`voiceauth.models.resolve` on first use and loaded from a
+    private copy whose bytes match the pinned checksums (:func:`voiceauth.models.verified_copy`).
     Thread-safe: calls are serialised on the model.
     """
 

@@ -17,7 +17,9 @@ and every message says what happened and what to do about it::
     │   ├── KeyMissingError        no encryption key, or the wrong one
     │   ├── TamperedError          a ciphertext or row fails authentication
     │   ├── NotEnrolledError       unknown customer (or enrolment incomplete)
-    │   └── AlreadyEnrolledError   enrolment exists; pass replace= or update=
+    │   ├── AlreadyEnrolledError   enrolment exists; pass replace= or update=
+    │   └── ErasureIncompleteError erased, but a copy remains in the WAL until a reader closes
+    ├── InvalidIdError             empty, overlong or invisible-character customer id / label / actor
     ├── ConsentError               enrolment without a consent record
     ├── OptedOutError              the customer opted out of voice biometrics
     ├── CalibrationError           trials or calibration parameters unusable
@@ -86,6 +88,19 @@ class NotEnrolledError(StoreError):
 
 class AlreadyEnrolledError(StoreError):
     """The customer already has a voiceprint; pass replace=True or update=True."""
+
+
+class ErasureIncompleteError(StoreError):
+    """An erasure committed, but a copy of the erased ciphertext is still in the store's files
+    (a reader kept the write-ahead log in use); ``subjects`` are the customers concerned."""
+
+    def __init__(self, message: str, subjects: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.subjects = subjects
+
+
+class InvalidIdError(VoiceAuthError, ValueError):
+    """A customer id, watchlist label or actor is empty, too long, or holds invisible characters."""
 
 
 class ConsentError(VoiceAuthError):

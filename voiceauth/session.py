@@ -23,17 +23,29 @@ calls, does the rest:
 3. *decision*: after each segment the call embedding is scored against the voiceprint
    (``va.scorer``, AS-norm against ``va``'s cohort when it is large enough, LLR
    calibrated for the net speech so far), the *screens* run (speaker change built in,
-   the watchlist when one is set up) and the status is updated. Every status change
-   fires ``on_decision`` once, on a worker thread.
-4. *spoof check* (once per call): when the call first has enough net speech for a
-   decision, the last ``spoof_window_s`` (4.04 s) of its decoded audio, pauses included,
-   is scored by ``va.spoof`` (AASIST). Model work, embedding batches and spoof checks
-   alike, runs one call at a time, oldest first, with all of torch's threads.
-   Until the verdict is in, the call cannot become AUTHENTICATED (it stays PENDING even
-   when the voice matches); a suspected spoof sets SPOOF_SUSPECTED and bars
-   authentication for the rest of the call (NOT_AUTHENTICATED). One check costs about
-   0.4 s on the 2-core machine; ``SessionSettings(spoof_check=False)`` or
-   ``VoiceAuth(spoof=False)`` turns it off.
+   the watchlist when one is set up) and the status is updated. Every status change is
+   first written to the audit trail (``call_decision``; if that write fails the call ends
+   in ERROR instead), then fires ``on_decision`` once, on a worker thread.
+4. *spoof check*: ``va.spoof`` (AASIST) scores the call's *speech*, the voiced frames
+   the gate let through, never the pauses, silence, noise or hum around them (the
+   network takes those for live speech). The first check runs when the call has enough
+   net speech for a decision, on all of it; later checks each take the speech heard
+   since the previous one (padded to one ``spoof_window_s`` window with the speech just
+   before it), whenever a window's worth has come in and whenever a matching voice
+   waits for its speech to be checked. The most spoof-like window decides. Model work,
+   embedding batches and spoof checks alike, runs one call at a time, oldest first,
+   with all of torch's threads.
+   A call is AUTHENTICATED only once every second of speech in its evidence has passed
+   (it stays PENDING meanwhile, even when the voice matches). A suspected spoof sets
+   SPOOF_SUSPECTED and bars authentication for the rest of the call
+   (NOT_AUTHENTICATED), withdrawing it if a check still running finds one; a check
+   that fails or cannot run bars it too (fail closed).
+   Speech after the call is AUTHENTICATED (or barred) is not checked: it made no
+   decision, the speaker-change screen watches for a hand-over, and each extra window
+   is another chance of a false alarm on a genuine caller (the most spoof-like window
+   decides). So such a call can never be AUTHENTICATED again once it has left that
+   status. One window costs about 0.4 s on the 2-core machine;
+   ``SessionSettings(spoof_check=False)`` or ``VoiceAuth(spoof=False)`` turns it off.
 
 Sequential decision. A call is AUTHENTICATED once it has ``min_decision_s`` of net
 speech and the LLR reaches the policy's accept threshold plus a margin;
@@ -71,17 +83,27 @@ Memory per live session (``SessionSettings`` defaults) is bounded by
 * speech buffer: under one segment at the input rate (1.5 s: at most 96 kB);
 * ready segments: at most ``max_pending_segments`` = 4 at 16 kHz float32
   (4 x 96 kB = 384 kB; under overload the oldest is dropped and counted);
-* spoof window: until the spoof check is queued, the latest ``spoof_window_s`` of
-  decoded audio plus one frame (at most 4.04 s + 1 s at 16 kHz float32: 323 kB), then
-  that one snapshot until the check has run; nothing after;
+* spoof speech: the voiced speech not yet checked (while a check is running, the front
+  end waits once a ``spoof_window_s`` window of it has piled up, so at most 4.04 s + one
+  1 s frame) and the last window of checked speech as context: at most 581 kB at 16 kHz
+  float32, 290 kB at 8 kHz;
 * state: the call embedding, a ring of ``change_window_s / segment_s`` = 2 segment
   embeddings (192 floats each), the voiceprint, at most ``history_limit`` = 32
   revisions and the speech gate (under 2 kB): a few kB.
 
-That is under 1.3 MB per session worst case, about 0.6 MB for 8 kHz G.711, and
+That is under 1.6 MB per session worst case, about 0.8 MB for 8 kHz G.711, and
 ``max_sessions`` (1000) live sessions cap the total. The cohort matrix is shared and not
 counted. Sessions not fed for ``idle_timeout_s`` (120 s) are closed by the pool as if
-``close()`` had been called (a PENDING call ends INCONCLUSIVE) and freed.
+``close()`` had been called (a PENDING call ends INCONCLUSIVE) and freed; frames fed while
+paused count as activity (a long card payment), though they are discarded unheard.
+
+Final statuses (:data:`FINAL`: ERROR, OPTED_OUT, NOT_ENROLLED) are never revised: a
+segment or spoof verdict that comes back from the model afterwards is dropped.
+``VoiceAuth.opt_out`` and ``VoiceAuth.delete`` end the customer's live calls at once
+(OPTED_OUT, NOT_ENROLLED): their audio, evidence and voiceprint are dropped and
+``on_decision`` gets the final result. An erasure this process cannot see (another
+process, ``voiceauth purge``) is caught when the call would become AUTHENTICATED: the
+store is read again first, and a missing voiceprint or an opt-out ends the call instead.
 """
 
 from __future__ import annotations
@@ -99,10 +121,10 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from voiceauth.audio import MODEL_RATE, SUPPORTED_RATES, Audio, Encoding, alaw_decode, mulaw_decode, resample
-from voiceauth.errors import AudioDecodeError, SessionError, VoiceAuthError
+from voiceauth.errors import AudioDecodeError, SessionError
 from voiceauth.results import Flag
 from voiceauth.scoring import Normalisation
-from voiceauth.speech import SpeechGate
+from voiceauth.speech import SpeechGate, frame_length
 from voiceauth.store.base import AuditRecord
 
 if TYPE_CHECKING:
@@ -139,14 +161,18 @@ class _Spoof(enum.Enum):
 
     OFF = "off"
     WAITING = "waiting"
-    """Collecting speech until the first decision is possible."""
+    """No check queued; the speech checked so far passed."""
     QUEUED = "queued"
-    """Audio snapshot taken; the check is queued or running. AUTHENTICATED waits."""
-    CLEAN = "clean"
+    """A check is queued or running (it takes the unchecked speech when it runs)."""
     SUSPECTED = "suspected"
     FAILED = "failed"
 
-_NO_AUDIO = frozenset({CallStatus.NOT_ENROLLED, CallStatus.OPTED_OUT, CallStatus.ERROR})
+FINAL = frozenset({CallStatus.NOT_ENROLLED, CallStatus.OPTED_OUT, CallStatus.ERROR})
+"""Statuses a call never leaves: no audio is processed and no later result changes them."""
+_SPOOF_ACTIVE = frozenset({_Spoof.WAITING, _Spoof.QUEUED})
+"""Spoof states in which speech is still checked (nothing suspected, nothing failed)."""
+_COVER_TOLERANCE_S = 0.01
+"""Rounding slack when comparing checked speech with the evidence (speech_s is rounded to 10 ms)."""
 
 
 @dataclass(frozen=True)
@@ -191,8 +217,9 @@ class CallResult:
     dropped_audio_s: float = 0.0
     """Audio seconds dropped unprocessed because the workers fell behind."""
     spoof_score: float | None = None
-    """Bona fide score of the call's spoof check (higher is more like live speech; see
-    :class:`~voiceauth.spoof.SpoofResult`); None until it has run, or when it is off."""
+    """Bona fide score of the most spoof-like window of the call's speech checked so far
+    (higher is more like live speech; see :class:`~voiceauth.spoof.SpoofResult`); None
+    until a check has run, or when it is off."""
 
     @property
     def authenticated(self) -> bool:
@@ -224,9 +251,10 @@ class SessionSettings:
     history_limit: int = 32
     reap_interval_s: float = 1.0
     spoof_check: bool = True
-    """Run ``VoiceAuth.spoof`` (AASIST) once per call; AUTHENTICATED waits for a clean verdict."""
+    """Check the call's speech with ``VoiceAuth.spoof`` (AASIST); AUTHENTICATED waits until
+    all speech in the evidence has passed."""
     spoof_window_s: float = 4.0375
-    """Raw call audio scored by the spoof check: the network's 64 600-sample window."""
+    """Seconds of speech per spoof-check window: the network's 64 600-sample window."""
 
     def __post_init__(self) -> None:
         positive = ("segment_s", "max_queued_s", "max_chunk_s", "idle_timeout_s", "reap_interval_s", "spoof_window_s")
@@ -445,7 +473,7 @@ class CallSession:
         self._dropped_samples = 0
         self._paused = False
         self._closed = False
-        self._discard = initial in _NO_AUDIO
+        self._discard = initial in FINAL
         self._close_reason = "call closed"
         self._scheduled = False
         # worker side
@@ -463,14 +491,25 @@ class CallSession:
         self._dropped_speech_s = 0.0
         self._evidence = _Evidence(settings.change_segments, np.zeros(pool.dim, dtype=np.float64))
         self._decision_s = max(settings.min_decision_s, pool.va.policy.min_speech_s)
-        # spoof check: a ring of the latest raw audio until the first decision is possible
+        # spoof check: the voiced speech (input rate) not yet checked, in order; under _lock
         self._spoof = pool.va.spoof if settings.spoof_check else None
         self._spoof_state = _Spoof.WAITING if self._spoof is not None and not self._discard else _Spoof.OFF
-        self._spoof_len = max(1, int(round(settings.spoof_window_s * sample_rate)))
-        self._raw: deque[np.ndarray] = deque()
-        self._raw_len = 0
-        self._voiced_s = 0.0
-        self._spoof_audio: np.ndarray | None = None
+        frame = frame_length(sample_rate)  # whole gate frames, so the check sees the gate's frame grid
+        self._spoof_len = max(1, -(-int(round(settings.spoof_window_s * sample_rate)) // frame)) * frame
+        self._spoof_new: list[np.ndarray] = []
+        self._spoof_new_len = 0
+        self._spoof_tail = np.zeros(0, dtype=np.float32)
+        """The last window of speech already taken by a check: context for a short new piece."""
+        self._spoof_heard = 0
+        """Voiced samples heard so far (the evidence's segments are cut from them, in order)."""
+        self._spoof_taken = 0
+        """Voiced samples taken by checks so far..."""
+        self._spoof_checked = 0
+        """...and those that passed: a prefix of the call's speech."""
+        self._spoof_wanted = False
+        """A matching voice waits for its speech to be checked."""
+        self._spoof_gap = False
+        """Speech was heard and not kept (after AUTHENTICATED or a bar): no later coverage."""
         self._spoof_queued_at = 0.0
         self._spoof_score: float | None = None
         self._last_score: tuple[float, Normalisation] | None = None
@@ -514,7 +553,9 @@ class CallSession:
         """Queue one IVR frame (bytes in the session's encoding, or a numpy array of its dtype).
 
         Returns at once; never decodes, never waits for a worker. While paused the frame is
-        dropped unseen. Raises SessionError for a closed call or a malformed frame.
+        dropped unseen (it still counts as activity for ``idle_timeout_s``), as is every frame
+        once the call has reached a final status. Raises SessionError for a closed call or a
+        malformed frame.
         """
         if self._closed:
             raise SessionError(
@@ -526,10 +567,10 @@ class CallSession:
                 "resample it or open the call with the right sample_rate"
             )
         payload, count = self._validated(chunk)
-        if self._paused or self._discard or self._result.status is CallStatus.ERROR:
-            return  # paused: dropped unseen; not enrolled, opted out or failed: never processed
         now = time.monotonic()
-        self._last_fed = now
+        self._last_fed = now  # a paused call fed frames is alive (a long card payment), not idle
+        if self._paused or self._discard or self._result.status in FINAL:
+            return  # paused: dropped unseen; not enrolled, opted out, erased or failed: never processed
         if count == 0:
             return
         self._make_room(count)
@@ -624,56 +665,99 @@ class CallSession:
         """Front end: decode, gate, cut segments. Returns True when segments are ready."""
         with self._front_lock:
             self._scheduled = False
-            while True:
+            if self._discard:  # cancelled: a frame fed meanwhile is dropped unheard
+                self._inbox.clear()
+                return False
+            while not self._spoof_backlogged():
                 try:
                     payload, count, fed_at = self._inbox.popleft()
                 except IndexError:
                     break
                 self._consumed_samples += count
                 samples = decode_chunk(payload, self.encoding)
-                if self._spoof_state is _Spoof.WAITING:
-                    self._keep_raw(samples)
                 voiced = self._gate.push(samples)
                 if len(voiced):
-                    self._voiced_s += len(voiced) / self.sample_rate
+                    self._hear(voiced)  # before _buffer: no segment holds speech the check has not heard
                     self._buffer(voiced, fed_at)
-                    if self._spoof_state is _Spoof.WAITING and self._voiced_s >= self._decision_s:
-                        self._queue_spoof()
-            if self._closed and not self._flushed:
+            if self._closed and not self._flushed and not self._inbox:
                 self._flushed = True
                 self._flush()
+            self._queue_spoof_if_due(schedule=True)
         with self._lock:
             ready = bool(self._segments) and not self._in_flight and not self._queued_for_embedding
             if ready:
                 self._queued_for_embedding = True
             return ready
 
-    def _keep_raw(self, samples: np.ndarray) -> None:
-        """Keep the latest ``spoof_window_s`` of decoded audio (pauses included: the
-        countermeasure was trained on whole utterances, not on speech cut out by a VAD)."""
-        self._raw.append(samples)
-        self._raw_len += len(samples)
-        while self._raw and self._raw_len - len(self._raw[0]) >= self._spoof_len:
-            self._raw_len -= len(self._raw.popleft())
-
-    def _queue_spoof(self) -> None:
-        """Enough speech for a decision: snapshot the raw window and queue the spoof check."""
-        audio = np.concatenate(self._raw)[-self._spoof_len :]
-        self._raw.clear()
-        self._raw_len = 0
+    def _hear(self, voiced: np.ndarray) -> None:
+        """Keep voiced speech for the spoof check (only speech: the gate has cut the pauses)."""
+        if self._spoof_state not in _SPOOF_ACTIVE or self._spoof_gap:
+            return
         with self._lock:
+            if self._barred or self._result.status is CallStatus.AUTHENTICATED:
+                self._spoof_gap = True  # decided: later speech is not checked (see the module docs)
+                self._drop_spoof_audio()
+                return
+            self._spoof_new.append(voiced)
+            self._spoof_new_len += len(voiced)
+            self._spoof_heard += len(voiced)
+
+    def _spoof_backlogged(self) -> bool:
+        """A check is running and a window of new speech is already waiting: the front end
+        waits for it (its input queue drops the oldest audio under overload, as always),
+        so no speech is ever left unchecked and the memory stays bounded."""
+        return self._spoof_state is _Spoof.QUEUED and self._spoof_new_len >= self._spoof_len
+
+    def _spoof_due(self) -> bool:
+        """Should a check be queued now? (caller holds ``_lock``)"""
+        if (self._spoof_state is not _Spoof.WAITING or self._spoof_gap or self._spoof_new_len == 0
+                or self._barred or self._result.status is CallStatus.AUTHENTICATED or self._done.is_set()):
+            return False
+        if self._spoof_taken == 0:  # the first check: once there is enough speech for a decision
+            return self._spoof_heard >= self._decision_s * self.sample_rate
+        return self._spoof_wanted or self._spoof_new_len >= self._spoof_len
+
+    def _queue_spoof_if_due(self, schedule: bool = False) -> list[Callable[[], None]]:
+        """Queue a check when one is due; returns the scheduling callback (or schedules it now)."""
+        with self._lock:
+            if not self._spoof_due():
+                return []
             self._spoof_state = _Spoof.QUEUED
-            self._spoof_audio = audio
             self._spoof_queued_at = time.monotonic()
-        self._pool._schedule_spoof(self)
+        if schedule:
+            self._pool._schedule_spoof(self)
+            return []
+        return [lambda: self._pool._schedule_spoof(self)]
 
     def _take_spoof_audio(self) -> tuple[np.ndarray | None, float]:
+        """The speech heard since the last check (at least one window of it, with the speech
+        just before when it is shorter), when the check runs."""
         with self._lock:
-            audio, self._spoof_audio = self._spoof_audio, None
-            if self._result.status is CallStatus.ERROR or self._done.is_set():
+            if self._result.status in FINAL or self._done.is_set() or not self._spoof_new:
                 self._spoof_state = _Spoof.FAILED
                 return None, 0.0
-            return audio, self._spoof_queued_at
+            new = np.concatenate(self._spoof_new)
+            context = self._spoof_tail[len(self._spoof_tail) - max(0, self._spoof_len - len(new)) :]
+            self._spoof_tail = np.concatenate((self._spoof_tail, new))[-self._spoof_len :]
+            self._spoof_new, self._spoof_new_len = [], 0
+            self._spoof_taken = self._spoof_heard
+            self._spoof_wanted = False
+            return np.concatenate((context, new)), self._spoof_queued_at
+
+    def _spoof_covers(self, speech_s: float) -> bool:
+        """Has all the speech behind an evidence of ``speech_s`` passed the spoof check?
+        (Segments dropped under overload are counted: the evidence then reaches further.)"""
+        if self._spoof_state is _Spoof.OFF:
+            return True
+        if self._spoof_state not in _SPOOF_ACTIVE or self._spoof_gap:
+            return False
+        reach = speech_s + self._dropped_speech_s - _COVER_TOLERANCE_S
+        return self._spoof_checked >= reach * self.sample_rate
+
+    def _drop_spoof_audio(self) -> None:
+        """Forget the call's speech kept for the spoof check (caller holds ``_lock``)."""
+        self._spoof_new, self._spoof_new_len = [], 0
+        self._spoof_tail = np.zeros(0, dtype=np.float32)
 
     def _apply_spoof(self, verdict: Any) -> list[Callable[[], None]]:
         """Install the spoof verdict: bar the call, or let a waiting accept through."""
@@ -682,20 +766,24 @@ class CallSession:
             if self._done.is_set() or r.status is CallStatus.ERROR:
                 self._spoof_state = _Spoof.FAILED
                 return []
-            self._spoof_score = round(float(verdict.score), 3)
+            score = round(float(verdict.score), 3)
+            self._spoof_score = score if self._spoof_score is None else min(self._spoof_score, score)
             if verdict.suspected:
                 self._spoof_state = _Spoof.SUSPECTED
                 self._flags[Flag.SPOOF_SUSPECTED] = None
                 self._barred = True
+                self._drop_spoof_audio()
                 reason = (f"spoof suspected: bona fide score {verdict.score:.2f} < threshold "
                           f"{self._spoof.threshold:.2f}" if self._spoof is not None else "spoof suspected")
                 return self._publish(CallStatus.NOT_AUTHENTICATED, reason, r.speech_s, r.llr, r.confidence)
-            self._spoof_state = _Spoof.CLEAN
+            self._spoof_state = _Spoof.WAITING
+            self._spoof_checked = self._spoof_taken
             status, why = r.status, ""
             if self._last_score is not None:
                 llr, normalisation = self._last_score
                 status, why = self._decide(llr, r.speech_s, normalisation)
-            return self._publish(status, why and f"{why} (spoof check passed)", r.speech_s, r.llr, r.confidence)
+            calls = self._publish(status, why and f"{why} (spoof check passed)", r.speech_s, r.llr, r.confidence)
+        return calls + self._queue_spoof_if_due()
 
     def _buffer(self, voiced: np.ndarray, fed_at: float) -> None:
         self._speech.append(voiced)
@@ -725,7 +813,7 @@ class CallSession:
     def _take_segment(self) -> _Segment | None:
         with self._lock:
             self._queued_for_embedding = False
-            if self._in_flight or not self._segments or self._result.status is CallStatus.ERROR:
+            if self._in_flight or not self._segments or self._result.status in FINAL:
                 return None
             self._in_flight = True
             return self._segments.popleft()
@@ -734,13 +822,13 @@ class CallSession:
         """After an update: (more segments ready, call ready to finish)."""
         with self._lock:
             self._in_flight = False
-            more = bool(self._segments) and self._result.status is not CallStatus.ERROR
+            more = bool(self._segments) and self._result.status not in FINAL
             if more:
                 self._queued_for_embedding = True
             return more, self._finishable()
 
     def _finishable(self) -> bool:
-        failed = self._result.status is CallStatus.ERROR
+        failed = self._result.status in FINAL
         return (
             self._closed and self._flushed and not self._in_flight and not self._inbox
             and (not self._segments or failed)
@@ -758,6 +846,8 @@ class CallSession:
         Returns the callbacks to run (outside the locks)."""
         va = self._pool.va
         with self._lock:
+            if self._result.status in FINAL or self._done.is_set():
+                return []  # failed, erased or finished while the segment was in the model
             evidence = self._evidence
             evidence.add(np.asarray(embedding, dtype=np.float32), segment.speech_s)
             data = evidence.screen_input(self.customer_id)
@@ -784,7 +874,8 @@ class CallSession:
                 self._flags[Flag.SMALL_COHORT] = None
             self._last_score = (score.llr, score.normalisation)
             status, why = self._decide(score.llr, speech_s, score.normalisation)
-            return self._publish(status, reason or why, speech_s, score.llr, score.confidence)
+            calls = self._publish(status, reason or why, speech_s, score.llr, score.confidence)
+        return calls + self._queue_spoof_if_due()
 
     def _decide(self, llr: float, speech_s: float, normalisation: Normalisation) -> tuple[CallStatus, str]:
         settings = self._settings
@@ -796,8 +887,9 @@ class CallSession:
         if speech_s < self._decision_s:
             return current, ""
         if llr >= accept:
-            if self._spoof_state in (_Spoof.WAITING, _Spoof.QUEUED):
-                return current, ""  # never AUTHENTICATED before the spoof check has passed
+            if not self._spoof_covers(speech_s):  # never AUTHENTICATED on speech the check has not passed
+                self._spoof_wanted = current is not CallStatus.AUTHENTICATED
+                return current, ""
             return CallStatus.AUTHENTICATED, f"LLR {llr:.2f} >= accept {accept:.2f}"
         if llr < thresholds.reject_llr:
             return CallStatus.NOT_AUTHENTICATED, f"LLR {llr:.2f} < reject {thresholds.reject_llr:.2f}"
@@ -807,8 +899,18 @@ class CallSession:
         self, status: CallStatus, reason: str, speech_s: float, llr: float, confidence: float,
         error: str | None = None, closed: bool = False,
     ) -> list[Callable[[], None]]:
-        """Install a new snapshot (caller holds ``_lock``); returns the callbacks it triggers."""
+        """Install a new snapshot (caller holds ``_lock``); returns the callbacks it triggers.
+
+        A final status never changes, and nothing does once the call has finished. A status
+        change is on record before anyone can see it (:meth:`_record`)."""
         old = self._result
+        if self._done.is_set() or (old.status in FINAL and status is not old.status):
+            return []
+        if status is not old.status:
+            status, reason, error = self._record(status, reason, speech_s, llr, error)
+        if status in FINAL:
+            self._segments.clear()
+            self._drop_spoof_audio()
         changed = status is not old.status
         decided_at = old.decided_at_speech_s
         if changed:
@@ -830,16 +932,49 @@ class CallSession:
             calls.append(lambda cb=self._on_decision: cb(result))
         if self._on_update is not None:
             calls.append(lambda cb=self._on_update: cb(result))
-        if changed:
-            calls.append(lambda: self._pool._audit(result))
         return calls
+
+    def _record(
+        self, status: CallStatus, reason: str, speech_s: float, llr: float, error: str | None
+    ) -> tuple[CallStatus, str, str | None]:
+        """Before a status change is published (caller holds ``_lock``): check the store before
+        AUTHENTICATED (the voiceprint may have been erased elsewhere, e.g. purged by the CLI),
+        then write the call_decision event. Returns the status to publish: ERROR when either
+        fails (fail closed: no decision that is not on record)."""
+        pool = self._pool
+        try:
+            if status is CallStatus.AUTHENTICATED and (erased := pool._erased(self.customer_id)) is not None:
+                status, reason = erased
+            pool._audit(self._event(status, speech_s, llr))
+            return status, reason, error
+        except Exception as exc:  # noqa: BLE001 - any store failure ends the call in ERROR
+            log.exception("live call %s: recording the %s decision failed", self.call_id, status.value)
+            if status is CallStatus.ERROR:
+                return status, reason, error
+            message = _error_message("recording the call's decision in the audit trail", exc)
+            try:
+                pool._audit(self._event(CallStatus.ERROR, speech_s, llr))
+            except Exception:  # noqa: BLE001
+                log.exception("live call %s: the audit trail cannot record the error either", self.call_id)
+            return CallStatus.ERROR, message, error or message
+
+    def _event(self, status: CallStatus, speech_s: float, llr: float) -> CallResult:
+        """What the call_decision event records (caller holds ``_lock``)."""
+        return replace(self._result, status=status, speech_s=round(speech_s, 2), llr=round(llr, 3),
+                       flags=tuple(self._flags))
+
+    def _spoof_failed(self) -> None:
+        """The spoof check failed or could not run: the call can no longer be authenticated."""
+        with self._lock:
+            if self._spoof_state in (_Spoof.WAITING, _Spoof.QUEUED):
+                self._spoof_state = _Spoof.FAILED
 
     def _fail(self, message: str) -> list[Callable[[], None]]:
         with self._lock:
             self._segments.clear()
             self._inbox.clear()
             self._speech, self._speech_len = [], 0
-            self._spoof_audio = None
+            self._drop_spoof_audio()
             r = self._result
             return self._publish(CallStatus.ERROR, message, r.speech_s, r.llr, r.confidence, error=message)
 
@@ -852,12 +987,31 @@ class CallSession:
             status = CallStatus.INCONCLUSIVE if r.status is CallStatus.PENDING else r.status
             calls = self._publish(status, f"{self._close_reason} with {r.speech_s:.1f} s of speech", r.speech_s, r.llr,
                                   r.confidence, closed=True)
-            self._evidence.ring.clear()
-            self._voiceprint = None
-            self._raw.clear()
-            self._spoof_audio = None
-            self._done.set()
+            self._release()
             return calls
+
+    def _cancel(self, status: CallStatus, reason: str) -> list[Callable[[], None]]:
+        """End the call at once (the customer's voiceprint was erased): drop its audio, evidence
+        and voiceprint, and settle on ``status`` (a call that already failed stays ERROR)."""
+        with self._front_lock, self._lock:
+            if self._done.is_set():
+                return []
+            self._discard = True
+            self._inbox.clear()
+            self._speech, self._speech_len = [], 0
+            r = self._result
+            final = r.status if r.status in FINAL else status
+            calls = self._publish(final, reason, r.speech_s, r.llr, r.confidence, closed=True)
+            self._release()
+            return calls
+
+    def _release(self) -> None:
+        """The call is over: drop what it still holds and mark it finished (caller holds ``_lock``)."""
+        self._evidence.ring.clear()
+        self._voiceprint = None
+        self._drop_spoof_audio()
+        self._segments.clear()
+        self._done.set()
 
 
 class SessionPool:
@@ -916,7 +1070,7 @@ class SessionPool:
         if initial is not CallStatus.PENDING:
             result = session._result
             later = [lambda cb=cb: cb(result) for cb in (on_decision, on_update) if cb is not None]
-            self._run_later([*later, lambda: self._audit(result)])
+            self._run_later([lambda: self._audit(result), *later])  # on record before anyone is told
             return session
         self._register(session)
         return session
@@ -938,6 +1092,23 @@ class SessionPool:
     def spoof_latencies(self, since: float | None = None) -> np.ndarray:
         """Seconds from queueing a call's spoof check to its verdict being published (recent calls)."""
         return _since(self._spoof_latencies, since)
+
+    def cancel_customer(self, customer_id: str, status: CallStatus, reason: str) -> int:
+        """End ``customer_id``'s live calls at once (opt-out, erasure); returns how many.
+
+        Each call drops its audio, evidence and voiceprint and ends on ``status`` (one of
+        :data:`FINAL`); a segment still in the model is discarded when it comes back.
+        ``on_decision`` gets the final result on a worker thread."""
+        if status not in FINAL:
+            raise SessionError(f"a cancelled call must end on one of {sorted(s.value for s in FINAL)}, not {status}")
+        with self._cond:
+            sessions = [s for s in self._sessions.values() if s.customer_id == customer_id]
+        for session in sessions:
+            calls = session._cancel(status, reason)
+            with self._cond:
+                self._sessions.pop(session.call_id, None)
+            self._run_later(calls)
+        return len(sessions)
 
     def expire_stale(self, now: float | None = None) -> int:
         """Close calls not fed for ``idle_timeout_s``; returns how many."""
@@ -1117,20 +1288,22 @@ class SessionPool:
             self._maybe_finish(session)
 
     def _spoof_check(self, session: CallSession) -> None:
-        """Run the presentation-attack detector once on the call's snapshot."""
+        """Run the presentation-attack detector on the call's speech not yet checked."""
         verdict: Any = None
         error: Exception | None = None
         try:
             audio, queued_at = session._take_spoof_audio()
             if audio is not None and session._spoof is not None:
                 try:
-                    verdict = session._spoof.score(audio, session.sample_rate)
+                    verdict = session._spoof.score_speech(audio, session.sample_rate)
                 except Exception as exc:  # noqa: BLE001 - reported below, once the model slot is free
                     error = exc
         finally:
             self._release_model()
         callbacks: list[Callable[[], None]] = []
-        if error is not None:  # fail closed: the call cannot be authenticated
+        if verdict is None:  # failed or could not run: fail closed, the call cannot be authenticated
+            session._spoof_failed()
+        if error is not None:
             log.error("live call %s: spoof check failed", session.call_id, exc_info=error)
             callbacks = session._fail(_error_message("the spoof check", error))
         elif verdict is not None:
@@ -1138,6 +1311,8 @@ class SessionPool:
             now = time.monotonic()
             self._spoof_latencies.append((now, now - queued_at))
         _run_callbacks(callbacks)
+        if session._inbox or (session._closed and not session._flushed):
+            self._schedule_front(session)  # its front end may have waited for this check
         self._maybe_finish(session)
 
     def _embed_all(self, signals: list[np.ndarray], owners: list[CallSession]) -> list[np.ndarray | None]:
@@ -1163,15 +1338,21 @@ class SessionPool:
         _run_callbacks(session._finish())
 
     def _audit(self, result: CallResult) -> None:
+        """Write the call_decision event; raises when the store cannot (callers fail closed)."""
         va = self.va
-        try:
-            va.store.audit(AuditRecord(
-                "call_decision", result.customer_id, result.status.value, va.actor,
-                {"call_id": result.call_id, "speech_s": result.speech_s, "llr": result.llr,
-                 "flags": ",".join(f.value for f in result.flags)},
-            ))
-        except (VoiceAuthError, OSError, ValueError) as exc:
-            log.warning("live call %s: audit write failed: %s", result.call_id, exc)
+        va.store.audit(AuditRecord(
+            "call_decision", result.customer_id, result.status.value, va.actor,
+            {"call_id": result.call_id, "speech_s": result.speech_s, "llr": result.llr,
+             "flags": ",".join(f.value for f in result.flags)},
+        ))
+
+    def _erased(self, customer_id: str) -> tuple[CallStatus, str] | None:
+        """(final status, reason) when the customer opted out or lost their voiceprint since the
+        call started; None while they are still enrolled."""
+        _, status, error = self._lookup(customer_id)
+        if status is CallStatus.PENDING:
+            return None
+        return status, f"voiceprint erased during the call: {error or 'the customer opted out'}"
 
 
 def _since(samples: deque[tuple[float, float]], since: float | None) -> np.ndarray:

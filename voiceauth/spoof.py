@@ -35,32 +35,41 @@ from voiceauth.errors import AudioDecodeError, CalibrationError, NoSpeechError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-MODEL_RATE = 16000
 WINDOW_SAMPLES = 64600
 """The network's input length: 64 600 samples at 16 kHz (4.04 s)."""
 
-MAX_WINDOWS = 4
-"""Default cap on windows scored per call; longer audio is sampled at evenly spaced
-windows. One window costs about 1.3 s of CPU time on 2 cores."""
+BATCH_WINDOWS = 8
+"""Windows scored per forward pass (bounds the memory of long recordings). One window costs
+about 0.4-1.3 s of CPU time on 2 cores."""
 
-DEFAULT_THRESHOLD = -5.0
-"""Bona fide score below which speech is flagged as suspected spoof.
+DEFAULT_THRESHOLD = -10.0
+"""Bona fide score (of the most spoof-like window of the speech) below which a recording
+or call is flagged as suspected spoof.
 
-Measured with ``benchmarks/spoof_probe.py`` (160 bona fide LibriSpeech files: all 100
-test-other + 60 train-clean, 2 windows each; ``benchmarks/results/spoof_probe.json``):
+AASIST was trained on ASVspoof 2019 LA, whose bona fide utterances carry more silence than
+its spoofed ones: it takes silence, faint noise and hum for live speech (+4.5, +5.5 and
++1.1 for 4 s of each), so only speech is scored, and speech alone scores far lower than a
+whole recording. Measured with ``benchmarks/spoof_windows.py`` (the first 3 LibriSpeech
+test-other files of each of its 10 speakers; 6 espeak-ng sentences, alone and after 4 s of
+silence, -50 dBFS noise or 50 Hz hum; ``benchmarks/results/spoof_windows.json``), against
+the former check (the first raw 4 s window at -5):
 
-=============================  ======  =============================
-at -5.0                        clean   phone (8 kHz G.711, back to 16 k)
-=============================  ======  =============================
-bona fide false alarms         0.6 %   3.7 %
-espeak-ng flagged (36 files)   100 %   100 %
-Kokoro-82M TTS flagged (24)    0 %     21 %
-=============================  ======  =============================
+==========================================  ================  ================
+                                            clean (16 kHz)    phone (G.711)
+==========================================  ================  ================
+bona fide median: speech windows (former)   -2.6 (+7.5)       -6.1 (+2.9)
+bona fide flagged at -10 (former at -5)     0/30 (0/30)       1/30 (0/30)
+espeak-ng flagged (former)                  6/6 (6/6)         6/6 (6/6)
+lead-in + espeak-ng flagged (former)        18/18 (0/18)      18/18 (0/18)
+highest espeak-ng window                    -11.0             -13.7
+==========================================  ================  ================
 
-The phone channel alone pulls bona fide scores down by about 3 (median 4.5 -> 1.4),
-which is why the threshold sits well below 0: at 0 a quarter of genuine phone
-callers would be flagged. Modern neural TTS (Kokoro) is not detected (EER 41 %
-clean, 29 % phone, near chance)."""
+Taking the mean of the windows instead of the lowest flags the same bona fide files here,
+but lets genuine-looking windows dilute synthetic ones, so the lowest decides. The margin
+is narrow (1 between espeak-ng and the threshold; another 30 phone files had one genuine
+file at -13), and modern neural TTS (Kokoro-82M) went undetected by the former check
+(``benchmarks/spoof_probe.py``, EER 41 % clean, 29 % phone; not re-measured): fit the
+threshold on your own channel with ``voiceauth spoof-threshold``."""
 
 
 THRESHOLD_ENV = "VOICEAUTH_SPOOF_THRESHOLD"
@@ -110,12 +119,13 @@ class SpoofResult:
     """The countermeasure's verdict on one piece of audio.
 
     Attributes:
-        score: bona fide score, the mean over scored windows of the network's
-            log-odds ``logit[bona fide] - logit[spoof]``. Higher means more like
-            live speech; 0 is where the network's softmax is undecided. Not
-            calibrated: compare it with a threshold measured on your channel.
+        score: bona fide score of the most spoof-like window: the lowest, over the
+            windows covering the speech, of the network's log-odds
+            ``logit[bona fide] - logit[spoof]``. Higher means more like live speech;
+            0 is where the network's softmax is undecided. Not calibrated: compare it
+            with a threshold measured on your channel.
         spoof_probability: ``1 / (1 + exp(score))``, the network's softmax spoof
-            probability at the mean log-odds. In [0, 1]; uncalibrated as well.
+            probability of that window. In [0, 1]; uncalibrated as well.
         suspected: ``score < threshold`` of the detector that produced it.
         windows: how many ~4 s windows were scored.
     """
@@ -126,16 +136,17 @@ class SpoofResult:
     windows: int
 
 
-def window_starts(n_samples: int, window: int = WINDOW_SAMPLES, max_windows: int = MAX_WINDOWS) -> list[int]:
-    """Start offsets of the windows scored for ``n_samples`` samples.
+def window_starts(n_samples: int, window: int = WINDOW_SAMPLES) -> list[int]:
+    """Start offsets of the windows that together cover all ``n_samples`` samples.
 
     Audio no longer than one window gives ``[0]`` (it is repeated to fill the
     window). Longer audio is covered by ``ceil(n / window)`` evenly spaced
-    windows (the last ending at the last sample), at most ``max_windows``.
+    windows, the first starting at the first sample and the last ending at the last:
+    every sample is scored, with the least overlap.
     """
     if n_samples <= window:
         return [0]
-    count = min(math.ceil(n_samples / window), max(1, max_windows))
+    count = math.ceil(n_samples / window)
     return [int(round(s)) for s in np.linspace(0, n_samples - window, count)]
 
 
@@ -168,7 +179,12 @@ class SpoofDetector:
             ``$VOICEAUTH_SPOOF_THRESHOLD``, else :data:`DEFAULT_THRESHOLD`; fit one on your own
             channel with ``voiceauth spoof-threshold``).
         device: torch device for the network.
-        max_windows: cap on ~4 s windows scored per call (bounds the cost).
+
+    Only speech is ever scored: :meth:`score` cuts a recording down to the frames the
+    voice activity detector (:mod:`voiceauth.speech`) calls speech, and every window
+    covering that speech is scored; the most spoof-like window decides. Silence, noise
+    and hum (which the network, trained on ASVspoof 2019 LA, takes for bona fide) never
+    are, and a recording without speech cannot pass (:class:`~voiceauth.errors.NoSpeechError`).
 
     The weights are loaded on first use (or by :meth:`load`); checksum and
     availability errors (:class:`~voiceauth.errors.ModelChecksumError`,
@@ -183,12 +199,10 @@ class SpoofDetector:
         *,
         threshold: float | None = None,
         device: str = "cpu",
-        max_windows: int = MAX_WINDOWS,
     ) -> None:
         self.model_dir = model_dir
         self.threshold = configured_threshold() if threshold is None else float(threshold)
         self.device = device
-        self.max_windows = max(1, int(max_windows))
         self._net: Any = None
         self._lock = threading.Lock()
 
@@ -215,39 +229,95 @@ class SpoofDetector:
         with self._lock:
             return self._ensure_loaded()
 
-    def window_scores(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
-        """Bona fide log-odds of each scored window, in time order."""
+    def network_scores(self, windows: np.ndarray) -> np.ndarray:
+        """Bona fide log-odds of each row of ``windows`` (16 kHz, ``WINDOW_SAMPLES`` long)."""
         import torch
 
-        from voiceauth.audio import resample
+        out: list[np.ndarray] = []
+        for first in range(0, len(windows), BATCH_WINDOWS):
+            batch = torch.from_numpy(np.ascontiguousarray(windows[first : first + BATCH_WINDOWS], dtype=np.float32))
+            with self._lock:
+                net = self._ensure_loaded()
+                with torch.inference_mode():
+                    logits = net(batch.to(self.device)).float().cpu().numpy()
+            out.append(logits[:, 1] - logits[:, 0])
+        return np.concatenate(out).astype(np.float64)
+
+    def window_scores(self, speech: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Bona fide log-odds of each window covering the audible frames of ``speech``, in time order.
+
+        Frames at or under the voice activity detector's absolute floor are dropped first: a
+        detector keeps a few frames after each burst (word endings), and those must not let
+        dead air between chopped-up bursts of synthetic speech into the windows.
+        """
+        from voiceauth.audio import MODEL_RATE, resample
         from voiceauth.spoof_net import repeat_to_length
 
-        if sample_rate <= 0:
-            raise AudioDecodeError(f"sample_rate must be positive, got {sample_rate}")
-        wave = resample(_as_mono_float(samples), int(sample_rate), MODEL_RATE)
-        starts = window_starts(len(wave), WINDOW_SAMPLES, self.max_windows)
-        batch = np.stack([repeat_to_length(wave[s : s + WINDOW_SAMPLES], WINDOW_SAMPLES) for s in starts])
-        with self._lock:
-            net = self._ensure_loaded()
-            with torch.inference_mode():
-                logits = net(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
-        return (logits[:, 1] - logits[:, 0]).astype(np.float64)
+        rate = _checked_rate(sample_rate)
+        wave = resample(_audible_frames(_as_mono_float(speech), rate), rate, MODEL_RATE)
+        return self.network_scores(
+            np.stack([repeat_to_length(wave[s : s + WINDOW_SAMPLES], WINDOW_SAMPLES) for s in window_starts(len(wave))])
+        )
 
-    def score(self, samples: np.ndarray, sample_rate: int) -> SpoofResult:
-        """Score mono audio at any rate (resampled to 16 kHz).
+    def score_speech(self, speech: np.ndarray, sample_rate: int) -> SpoofResult:
+        """Score samples that are already speech only (the voiced frames of a voice activity
+        detector, e.g. ``speech.analyse(...).speech`` or a ``SpeechGate``'s output).
+
+        Every window covering them is scored; the most spoof-like (lowest) one is the verdict.
 
         Raises:
-            NoSpeechError: empty input.
+            NoSpeechError: no samples, or none above the detector's absolute floor.
             AudioDecodeError: NaN/inf samples, bad shape or dtype, bad rate.
         """
-        per_window = self.window_scores(samples, sample_rate)
-        score = float(np.mean(per_window))
+        per_window = self.window_scores(speech, sample_rate)
+        score = float(np.min(per_window))
         return SpoofResult(
             score=score,
             spoof_probability=_sigmoid(-score),
             suspected=score < self.threshold,
             windows=len(per_window),
         )
+
+    def score(self, samples: np.ndarray, sample_rate: int) -> SpoofResult:
+        """Score the speech in a mono recording at any rate: its non-speech is cut out first
+        (:func:`voiceauth.speech.analyse`), then :meth:`score_speech`.
+
+        Raises:
+            NoSpeechError: no speech detected (silence, noise or hum only): it cannot pass.
+            AudioDecodeError: NaN/inf samples, bad shape or dtype, bad rate.
+        """
+        from voiceauth.audio import Audio
+        from voiceauth.speech import analyse
+
+        audio = Audio(_as_mono_float(samples), _checked_rate(sample_rate))
+        speech = analyse(audio).speech
+        if len(speech.samples) == 0:
+            raise NoSpeechError(
+                f"no speech detected in {audio.duration_s:.1f} s of audio, so the spoof check cannot pass; "
+                "check the recording is not silent and the caller's channel is selected"
+            )
+        return self.score_speech(speech.samples, speech.sample_rate)
+
+
+def _audible_frames(speech: np.ndarray, sample_rate: int) -> np.ndarray:
+    """The whole 20 ms frames of ``speech`` above :data:`voiceauth.speech.ABSOLUTE_FLOOR_DB`."""
+    from voiceauth.speech import ABSOLUTE_FLOOR_DB, frame_length, frame_levels_db
+
+    n = frame_length(sample_rate)
+    frames = speech[: len(speech) // n * n].reshape(-1, n)
+    audible = frames[frame_levels_db(speech, sample_rate) > ABSOLUTE_FLOOR_DB].reshape(-1)
+    if len(audible) == 0:
+        raise NoSpeechError(
+            f"no audible speech in {len(speech) / sample_rate:.2f} s of voiced audio, so the spoof check cannot pass; "
+            "check the caller's channel is selected and not muted"
+        )
+    return audible
+
+
+def _checked_rate(sample_rate: int) -> int:
+    if sample_rate <= 0:
+        raise AudioDecodeError(f"sample_rate must be positive, got {sample_rate}")
+    return int(sample_rate)
 
 
 def _sigmoid(x: float) -> float:
@@ -283,14 +353,15 @@ def fit_threshold(
 ) -> ThresholdFit:
     """Score recordings of genuine callers and place the threshold at ``false_alarm``.
 
-    Scored like verification (one window). ``phone=True`` first passes wideband recordings
-    through a simulated telephone line; recordings from the bank's own calls need nothing.
-    Undecodable recordings are skipped and listed.
+    Scored like verification (every window of the detected speech; the lowest decides).
+    ``phone=True`` first passes wideband recordings through a simulated telephone line;
+    recordings from the bank's own calls need nothing. Undecodable recordings and those
+    without speech are skipped and listed.
     """
     from voiceauth.audio import load_audio, telephone_channel
     from voiceauth.errors import AudioError
 
-    detector = detector or SpoofDetector(max_windows=1)
+    detector = detector or SpoofDetector()
     scores: list[float] = []
     skipped: list[str] = []
     for path in recordings:
@@ -301,10 +372,11 @@ def fit_threshold(
             scores.append(detector.score(audio.samples, audio.sample_rate).score)
         except AudioError as exc:
             skipped.append(f"{Path(path).name}: {exc}")
-    threshold = threshold_for_false_alarms(scores, false_alarm)
+    threshold = threshold_for_false_alarms(scores, false_alarm)  # printed rounded down: it never flags more
     values = np.asarray(scores)
     return ThresholdFit(
-        threshold=round(threshold, 3), false_alarm=false_alarm, recordings=len(scores), skipped=tuple(skipped),
+        threshold=math.floor(threshold * 1000) / 1000, false_alarm=false_alarm, recordings=len(scores),
+        skipped=tuple(skipped),
         current_threshold=detector.threshold,
         false_alarm_at_current=round(float(np.mean(values < detector.threshold)), 4),
         median_score=round(float(np.median(values)), 3),

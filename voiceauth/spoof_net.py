@@ -35,7 +35,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-SAMPLE_RATE = 16000
+from voiceauth.audio import MODEL_RATE
+
+SAMPLE_RATE = MODEL_RATE  # the model was trained on 16 kHz audio
 WINDOW_SAMPLES = 64600
 
 
@@ -323,12 +325,18 @@ class AASIST(nn.Module):
 
 
 def load_aasist(directory: str | Path, device: str = "cpu") -> AASIST:
-    """Build the network from ``AASIST_config.json`` and load ``AASIST.pth`` strictly, in eval mode."""
-    directory = Path(directory)
-    config = json.loads((directory / "AASIST_config.json").read_text())
+    """Build the network from ``AASIST_config.json`` and load ``AASIST.pth`` strictly, in eval mode.
+
+    Both files are read from a private copy whose bytes match the pinned checksums
+    (:func:`voiceauth.models.verified_copy`; else :class:`~voiceauth.errors.ModelChecksumError`).
+    """
+    from voiceauth import models
+
+    with models.verified_copy(models.AASIST, directory) as private:
+        config = json.loads((private / "AASIST_config.json").read_text())
+        state = torch.load(private / "AASIST.pth", map_location="cpu", weights_only=True)
     config = config.get("model_config", config)
     net = AASIST.from_config(config)
-    state = torch.load(directory / "AASIST.pth", map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)
     return net.to(device).eval()
 

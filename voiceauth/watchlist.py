@@ -44,19 +44,40 @@ from voiceauth.audio import MODEL_RATE
 from voiceauth.enrolment import EnrolMode, builder, pool
 from voiceauth.errors import NoSpeechError, VoiceAuthError
 from voiceauth.evaluation import threshold_for_far
+from voiceauth.ids import canonical_id
 from voiceauth.results import WatchlistHit
 from voiceauth.scoring import MIN_COHORT, Normalisation, top_stats
-from voiceauth.store.base import AuditRecord, Namespace, VoiceprintInfo
+from voiceauth.store.base import AuditRecord, Builder, Namespace, Voiceprint, VoiceprintInfo
 
 if TYPE_CHECKING:
     from voiceauth.facade import AudioSource, VoiceAuth
 
 DEFAULT_FALSE_HIT_RATE = 0.005
 MIN_WATCHLIST_SPEECH_S = 3.0
-"""Fraudster recordings are short and few: a watchlist entry is usable from 3 s of speech."""
+"""Fraudster recordings are short and few: a watchlist entry is usable from 3 s of speech.
+``add`` refuses an entry with less: it would be listed but never screened."""
 WATCHLIST_TTL_S = 10.0
 """How long a process screens against its in-memory copy of the watchlist before reloading it."""
 _clock = time.monotonic
+
+
+def _screenable(build: Builder) -> Builder:
+    """``build``, refusing (NoSpeechError) an entry too short to be screened instead of storing it.
+
+    Screening compares callers with complete entries only; an incomplete one would be listed
+    and never screened, so it is not stored at all.
+    """
+
+    def checked(current: Voiceprint | None) -> Voiceprint:
+        vp = build(current)
+        if not vp.complete:
+            raise NoSpeechError(
+                f"watchlist entry {vp.subject_id} has {vp.speech_s:.1f} s of net speech; screening needs at least "
+                f"{MIN_WATCHLIST_SPEECH_S:g} s: pass more recordings of this speaker in one add"
+            )
+        return vp
+
+    return checked
 
 
 @dataclass(frozen=True)
@@ -91,7 +112,11 @@ class Watchlist:
     # -- management ---------------------------------------------------------------------------
     def add(self, label: str, samples: Sequence[AudioSource] | AudioSource, *, reason: str,
             update: bool = False) -> VoiceprintInfo:
-        """Store a fraudster voiceprint under ``label`` (a case number, not a name)."""
+        """Store a fraudster voiceprint under ``label`` (a case number, not a name).
+
+        Raises NoSpeechError when the entry would hold under ``MIN_WATCHLIST_SPEECH_S`` of speech.
+        """
+        label = canonical_id(label, "watchlist label")
         va = self._va
         sources = va._as_sources(samples)
         prepared = va._analyse(sources, None, None)
@@ -101,9 +126,9 @@ class Watchlist:
         try:
             vp = va.store.upsert(
                 Namespace.WATCHLIST, label,
-                builder(label, Namespace.WATCHLIST, va.embedder.model_id, new,
-                        mode=EnrolMode.UPDATE if update else EnrolMode.NEW,
-                        required_s=MIN_WATCHLIST_SPEECH_S, meta={"reason": reason[:200]}),
+                _screenable(builder(label, Namespace.WATCHLIST, va.embedder.model_id, new,
+                                    mode=EnrolMode.UPDATE if update else EnrolMode.NEW,
+                                    required_s=MIN_WATCHLIST_SPEECH_S, meta={"reason": reason[:200]})),
                 event=AuditRecord("watchlist_add", label, "added", va.actor, {"speech_s": round(new.speech_s, 1)}),
             )
         finally:
@@ -111,6 +136,7 @@ class Watchlist:
         return next(i for i in va.store.list(Namespace.WATCHLIST) if i.subject_id == vp.subject_id)
 
     def remove(self, label: str) -> bool:
+        label = canonical_id(label, "watchlist label")
         va = self._va
         try:
             return va.store.delete(Namespace.WATCHLIST, label,

@@ -125,16 +125,23 @@ class AuditCheck:
     problem: str | None = None
 
 
+@dataclass(frozen=True)
+class OptOutResult:
+    """What an opt-out did: the opt-out is always recorded; the rest says what there was to erase."""
+
+    customer_id: str
+    voiceprint_deleted: bool
+    consent_withdrawn: bool
+    """A consent record was marked withdrawn now (False: none, or already withdrawn)."""
+    already_opted_out: bool
+    opt_out_recorded: bool = True
+
+
 Builder = Callable[["Voiceprint | None"], Voiceprint]
 
 
-@runtime_checkable
-class Store(Protocol):
-    """What the facade needs from a voiceprint store.
-
-    Every write happens in one transaction together with its audit event, so a
-    crash leaves either both or neither.
-    """
+class VoiceprintStore(Protocol):
+    """Encrypted voiceprints: read, write under a lock, erase, list."""
 
     def get(self, namespace: Namespace, subject_id: str) -> Voiceprint | None: ...
 
@@ -146,9 +153,14 @@ class Store(Protocol):
         *,
         event: AuditRecord,
         consent: Consent | None = None,
+        opt_in: AuditRecord | None = None,
     ) -> Voiceprint:
         """Read the current voiceprint (or None) under a write lock, call ``build`` on it,
-        and store what it returns. An exception from ``build`` aborts with nothing written."""
+        and store what it returns. An exception from ``build`` aborts with nothing written.
+
+        A customer who opted out raises :class:`OptedOutError` unless both ``consent`` (fresh)
+        and ``opt_in`` are given: then the opt-out is lifted, and ``opt_in`` audited, in the
+        same transaction as the voiceprint and the consent."""
         ...
 
     def delete(self, namespace: Namespace, subject_id: str, *, event: AuditRecord) -> bool: ...
@@ -161,15 +173,36 @@ class Store(Protocol):
 
     def touch(self, namespace: Namespace, subject_id: str, when: float) -> None: ...
 
+
+class ConsentStore(Protocol):
+    """Consent records and opt-outs."""
+
     def consent(self, subject_id: str) -> Consent | None: ...
 
-    def opt_out(self, subject_id: str, *, event: AuditRecord) -> None: ...
+    def opt_out(self, subject_id: str, *, event: AuditRecord) -> OptOutResult:
+        """Erase the voiceprint, withdraw consent and record the opt-out in one transaction;
+        ``event`` is audited with what was erased in its details."""
+        ...
 
     def is_opted_out(self, subject_id: str) -> bool: ...
 
     def clear_opt_out(self, subject_id: str, *, event: AuditRecord) -> None:
         """The customer opted back in with fresh consent."""
         ...
+
+
+class AuditLog(Protocol):
+    """The hash-chained audit trail with its sealed head."""
+
+    def audit(self, event: AuditRecord) -> None: ...
+
+    def audit_events(self) -> list[AuditEvent]: ...
+
+    def verify_audit(self) -> AuditCheck: ...
+
+
+class StoreAdmin(Protocol):
+    """Keys, retention and maintenance."""
 
     def integrity_check(self) -> bool:
         """Storage-level check, every voiceprint decrypts, and the audit chain holds."""
@@ -179,10 +212,13 @@ class Store(Protocol):
 
     def rotate_key(self, *, actor: str = "system") -> str: ...
 
-    def audit(self, event: AuditRecord) -> None: ...
-
-    def audit_events(self) -> list[AuditEvent]: ...
-
-    def verify_audit(self) -> AuditCheck: ...
-
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Store(VoiceprintStore, ConsentStore, AuditLog, StoreAdmin, Protocol):
+    """What the facade needs from a voiceprint store: all of the above.
+
+    Every write happens in one transaction together with its audit event, so a
+    crash leaves either both or neither.
+    """

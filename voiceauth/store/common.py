@@ -3,44 +3,81 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 
 from voiceauth.audit import GENESIS, chain_hash, clean_details
 from voiceauth.crypto import KeyRing
-from voiceauth.store.base import AuditEvent, AuditRecord, Namespace, Voiceprint, VoiceprintInfo
+from voiceauth.errors import StoreError, TamperedError
+from voiceauth.store.base import AuditEvent, AuditRecord, Consent, Namespace, OptOutResult, Voiceprint, VoiceprintInfo
 
 KEYCHECK_PLAINTEXT = b"voiceauth-keycheck-v1"
 VOICEPRINT_COLUMNS = ("namespace, subject_id, model_id, key_id, blob, speech_s, recordings, complete, "
-                      "created_at, updated_at, last_used_at, meta")
+                      "created_at, updated_at, last_used_at, meta, version")
+VOICEPRINT_SELECT = (f"{VOICEPRINT_COLUMNS}, (SELECT c.version FROM voiceprint_versions c WHERE c.namespace = "
+                     "voiceprints.namespace AND c.subject_id = voiceprints.subject_id)")
+"""The voiceprint columns, then the version the store expects the row to have (None: no record)."""
+BUMP_VERSION = ("INSERT INTO voiceprint_versions (namespace, subject_id, version) VALUES ({p}, {p}, 1) "
+                "ON CONFLICT (namespace, subject_id) DO UPDATE SET version = voiceprint_versions.version + 1 "
+                "RETURNING version")
+"""Counts every write and erasure of one voiceprint (``{p}``: the driver's placeholder); the
+counter outlives the row, so no older copy of the row can match it again."""
 INFO_COLUMNS = ("namespace, subject_id, model_id, speech_s, recordings, complete, created_at, updated_at, "
                 "last_used_at, meta")
+CONSENT_COLUMNS = "captured_at, channel, purpose, notice_version, captured_by, withdrawn_at"
+AUDIT_COLUMNS = "seq, time, action, subject_id, outcome, actor, details, prev_hash, hash"
+HOLDS_DATA = ("SELECT EXISTS (SELECT 1 FROM voiceprints) OR EXISTS (SELECT 1 FROM consent) "
+              "OR EXISTS (SELECT 1 FROM opt_outs)")
+"""True when the store holds anything its audit trail must account for."""
+HOLDS_ANYTHING = f"{HOLDS_DATA} OR EXISTS (SELECT 1 FROM audit)"
 
 
-def aad(namespace: str, subject_id: str, model_id: str, complete: bool, recordings: int, speech_s: float) -> bytes:
-    """Binds a ciphertext to its row: moving it to another customer or model, or editing
-    the enrolment state beside it, makes decryption fail."""
-    fields = [namespace, subject_id, model_id, str(int(complete)), str(int(recordings)), repr(float(speech_s))]
-    return "|".join(["voiceauth/v1", *fields]).encode()
+def purge_cutoff(older_than: float) -> float:
+    """The cutoff of a purge as a float; StoreError, nothing purged, when it is NaN or infinite."""
+    cutoff = float(older_than)
+    if not math.isfinite(cutoff):
+        raise StoreError(f"purge cutoff {older_than!r} is not a finite time; pass a Unix time (e.g. now - 365 days)")
+    return cutoff
 
 
-def keycheck_aad(kid: str) -> bytes:
-    return f"voiceauth/keycheck|{kid}".encode()
+def aad(store_id: str, version: int, namespace: str, subject_id: str, model_id: str, complete: bool,
+        recordings: int, speech_s: float) -> bytes:
+    """Binds a ciphertext to its store, its row and that row's version: moving it to another
+    store, customer or model, editing the enrolment state beside it, or restoring an older
+    copy of the row makes decryption fail."""
+    fields = [store_id, str(int(version)), namespace, subject_id, model_id, str(int(complete)), str(int(recordings)),
+              repr(float(speech_s))]
+    return "|".join(["voiceauth/v2", *fields]).encode()
 
 
-def encrypt_voiceprint(ring: KeyRing, vp: Voiceprint, kid: str) -> tuple[str, bytes]:
-    plaintext = np.asarray(vp.embedding, dtype="<f4").tobytes()
-    return ring.encrypt(plaintext, aad(vp.namespace.value, vp.subject_id, vp.model_id, vp.complete, vp.recordings,
-                                       vp.speech_s), kid)
+def keycheck_aad(store_id: str, kid: str) -> bytes:
+    return f"voiceauth/keycheck/v2|{store_id}|{kid}".encode()
 
 
-def row_to_voiceprint(ring: KeyRing, row: tuple[Any, ...]) -> Voiceprint:
-    ns, subject, model, kid, blob, speech_s, recordings, complete, created, updated, used, meta = row
-    plaintext = ring.decrypt(kid, bytes(blob), aad(ns, subject, model, bool(complete), recordings, speech_s),
-                             what=f"voiceprint for {subject}")
+def new_store_id() -> str:
+    """A random store id (kept in the store, bound into every ciphertext and listed in the key file)."""
+    return os.urandom(16).hex()
+
+
+def row_to_voiceprint(ring: KeyRing, store_id: str, row: tuple[Any, ...]) -> Voiceprint:
+    """Decrypt a row selected with :data:`VOICEPRINT_SELECT`; TamperedError if it is not the
+    row's current version in this store."""
+    ns, subject, model, kid, blob, speech_s, recordings, complete, created, updated, used, meta, version, expected = row
+    if expected is None or int(version) != int(expected):
+        raise TamperedError(
+            f"voiceprint for {subject} is version {version}, but this store last wrote version {expected}: an old "
+            "copy restored from a backup or another store; delete it and re-enrol the customer"
+        )
+    plaintext = ring.decrypt(kid, bytes(blob), aad(store_id, int(expected), ns, subject, model, bool(complete),
+                                                   recordings, speech_s), what=f"voiceprint for {subject}")
     return Voiceprint(
         subject_id=subject, namespace=Namespace(ns), model_id=model,
         embedding=np.frombuffer(plaintext, dtype="<f4").astype(np.float32),
@@ -50,10 +87,30 @@ def row_to_voiceprint(ring: KeyRing, row: tuple[Any, ...]) -> Voiceprint:
     )
 
 
-def voiceprint_params(ring: KeyRing, vp: Voiceprint, kid: str) -> tuple[Any, ...]:
-    kid, blob = encrypt_voiceprint(ring, vp, kid)
+def voiceprint_params(ring: KeyRing, store_id: str, vp: Voiceprint, kid: str, version: int) -> tuple[Any, ...]:
+    """Column values (:data:`VOICEPRINT_COLUMNS`) of ``vp`` encrypted under ``kid`` as ``version``."""
+    plaintext = np.asarray(vp.embedding, dtype="<f4").tobytes()
+    _, blob = ring.encrypt(plaintext, aad(store_id, version, vp.namespace.value, vp.subject_id, vp.model_id,
+                                          vp.complete, vp.recordings, vp.speech_s), kid)
     return (vp.namespace.value, vp.subject_id, vp.model_id, kid, blob, float(vp.speech_s), int(vp.recordings),
-            int(vp.complete), vp.created_at, vp.updated_at, vp.last_used_at, json.dumps(dict(vp.meta)))
+            int(vp.complete), vp.created_at, vp.updated_at, vp.last_used_at, json.dumps(dict(vp.meta)), int(version))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The passwords in a (possibly malformed) database URL, as written and percent-decoded."""
+    head, _, query = url.partition("?")
+    rest = head.partition(":")[2].lstrip("/")
+    found = [rest.rsplit("@", 1)[0].partition(":")[2]] if "@" in rest else []
+    found += re.findall(r"(?:^|&)password=([^&#]*)", query)
+    found += [unquote(s) for s in found]
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` with every password of ``url`` replaced by ``***`` (for errors, reprs and logs)."""
+    for secret in url_secrets(url):
+        text = text.replace(secret, "***")
+    return text
 
 
 def row_to_info(row: tuple[Any, ...]) -> VoiceprintInfo:
@@ -80,14 +137,49 @@ def row_to_event(row: tuple[Any, ...]) -> AuditEvent:
 
 
 def rows_to_matrix(
-    ring: KeyRing, rows: list[tuple[Any, ...]], model_id: str, where: str
+    ring: KeyRing, store_id: str, rows: list[tuple[Any, ...]], model_id: str, where: str
 ) -> tuple[list[str], np.ndarray]:
     """Decrypt voiceprint rows into (ids, (n, dim) float32 matrix); tampering raises."""
-    prints = [row_to_voiceprint(ring, r) for r in rows]
+    prints = [row_to_voiceprint(ring, store_id, r) for r in rows]
     if not prints:
         return [], np.zeros((0, 0), dtype=np.float32)
     if len({p.embedding.shape for p in prints}) > 1:
-        from voiceauth.errors import TamperedError
-
         raise TamperedError(f"voiceprints of model {model_id} in {where} differ in size; re-enrol them")
     return [p.subject_id for p in prints], np.stack([p.embedding for p in prints]).astype(np.float32)
+
+
+def opt_in_gate(subject_id: str, opted_out: bool, consent: Consent | None,
+                opt_in: AuditRecord | None) -> AuditRecord | None:
+    """Inside an enrolment's transaction: the opt-in event to write (None: no opt-out to lift).
+
+    An opted-out customer is enrolled again only with fresh consent and an explicit opt-in;
+    otherwise :class:`OptedOutError`, with nothing written (an opt-out that raced the enrolment wins).
+    """
+    if not opted_out:
+        return None
+    if consent is None or opt_in is None:
+        from voiceauth.errors import OptedOutError
+
+        raise OptedOutError(f"{subject_id} opted out of voice biometrics; enrol again only with fresh consent")
+    return opt_in
+
+
+def opt_out_event(event: AuditRecord, result: OptOutResult) -> AuditRecord:
+    """The opt-out's audit event, saying what was actually erased."""
+    return replace(event, details={**event.details, "voiceprint_deleted": result.voiceprint_deleted,
+                                   "consent_withdrawn": result.consent_withdrawn,
+                                   "already_opted_out": result.already_opted_out})
+
+
+def check_built(vp: Voiceprint, namespace: Namespace, subject_id: str) -> None:
+    """A builder must return a voiceprint for the row being written, with a 1-D finite embedding."""
+    if not isinstance(vp, Voiceprint):
+        raise StoreError(f"the enrolment builder returned {type(vp).__name__}, not a Voiceprint; nothing was written")
+    if vp.namespace != namespace or vp.subject_id != subject_id:
+        raise StoreError(
+            f"the enrolment builder returned a voiceprint for {vp.namespace.value}/{vp.subject_id} while writing "
+            f"{namespace.value}/{subject_id}; nothing was written"
+        )
+    embedding = np.asarray(vp.embedding)
+    if embedding.ndim != 1 or embedding.size == 0 or not np.all(np.isfinite(embedding)):
+        raise StoreError(f"the voiceprint of {subject_id} is not a finite 1-D embedding; nothing was written")
