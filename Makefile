@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
-LOCK_ARGS := --extra test --extra scale --generate-hashes --universal --python-version 3.10
+LOCK_ARGS := --extra test --extra scale --extra tools --generate-hashes --universal --python-version 3.10
 
 .PHONY: setup demo test test-unit lint bench lock doctor clean
 
@@ -35,8 +35,9 @@ demo: $(STAMP)
 
 # The tests never reach the model hub: HF_HUB_OFFLINE makes the package index the source.
 test: $(STAMP)
-	command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng) \
-		|| echo "espeak-ng unavailable: synthetic-speech tests will be skipped"
+	(command -v espeak-ng && command -v sox) >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq espeak-ng sox libsox-fmt-all) \
+		|| echo "espeak-ng / sox unavailable: synthetic-speech and mobile-codec tests will be skipped"
 	HF_HUB_OFFLINE=1 $(VENV)/bin/voiceauth models pull --spoof
 	HF_HUB_OFFLINE=1 $(VENV)/bin/voiceauth doctor --no-store
 	$(VENV)/bin/ruff check voiceauth tests examples benchmarks

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from voiceauth.bench import Bench, BenchSettings, Embedded, Split, TrialSet, split_corpus
 from voiceauth.embedding import EcapaEmbedder
-from voiceauth.evaluation import error_rates, plot_det
-from voiceauth.samples import enrolment_meeting, meeting_speech, meetings
+from voiceauth.evaluation import error_rates
 from voiceauth.scoring import Calibration, CalibrationSet, Normalisation, Policy
+from voiceauth.tools.bench import Bench, BenchSettings, Embedded, Split, TrialSet, split_corpus
+from voiceauth.tools.plots import plot_det
+from voiceauth.tools.samples import enrolment_meeting, meeting_speech, meetings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "corpora" / "librispeech-samples"

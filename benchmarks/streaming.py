@@ -56,12 +56,12 @@ from voiceauth.embedding import EcapaEmbedder
 from voiceauth.errors import NoSpeechError
 from voiceauth.facade import VoiceAuth
 from voiceauth.results import Flag
-from voiceauth.samples import enrolment_meeting, meeting_speech, meetings
 from voiceauth.scoring import Normalisation
 from voiceauth.session import CallResult, CallStatus, SessionPool, SessionSettings
 from voiceauth.speech import SpeechGate
 from voiceauth.spoof import SpoofDetector, SpoofResult
 from voiceauth.store.base import Consent
+from voiceauth.tools.samples import enrolment_meeting, meeting_speech, meetings
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRI = ROOT.parent / "shared" / "corpora" / "librispeech-samples" / "test-other"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from voiceauth.bench import split_corpus
 from voiceauth.cli import EXIT_ERROR, EXIT_OK, main
 from voiceauth.errors import CorpusError
+from voiceauth.tools.bench import split_corpus
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from voiceauth import engines  # noqa: E402
-from voiceauth.bench import Report, compare  # noqa: E402
 from voiceauth.cli import EXIT_ERROR, EXIT_OK, MODEL_NAMES, main  # noqa: E402
 from voiceauth.embedding import EcapaEmbedder  # noqa: E402
 from voiceauth.errors import CalibrationError, ModelError, ModelMismatchError, ModelUnavailableError  # noqa: E402
@@ -22,6 +21,7 @@ from voiceauth.facade import VoiceAuth  # noqa: E402
 from voiceauth.models import CAMPPLUS, ECAPA, resolve  # noqa: E402
 from voiceauth.onnx_engine import CAMPPLUS_ONNX, ENGINES, OnnxEmbedder  # noqa: E402
 from voiceauth.scoring import Calibration, CalibrationSet, Decision  # noqa: E402
+from voiceauth.tools.bench import Report, compare  # noqa: E402
 
 
 def calibration_for(model_id: str, path: Path) -> Path:

@@ -22,11 +22,10 @@ from voiceauth.evaluation import (
     error_rates,
     min_dcf,
     operating_point,
-    plot_det,
-    plot_score_histograms,
     threshold_for_far,
     threshold_for_frr,
 )
+from voiceauth.tools.plots import plot_det, plot_score_histograms
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

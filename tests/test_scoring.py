@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voiceauth.bench import fit_calibrations, read_trials
 from voiceauth.errors import CalibrationError
 from voiceauth.scoring import (
     MIN_TRIALS_PER_CLASS,
@@ -20,6 +19,7 @@ from voiceauth.scoring import (
     as_norm,
     default_calibration,
 )
+from voiceauth.tools.bench import fit_calibrations, read_trials
 
 
 def synthetic_trials(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

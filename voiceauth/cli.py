@@ -294,7 +294,7 @@ def pull(names: Sequence[str], all_models: bool, model_dir: str | None, spoof: b
 @click.option("--model-dir", type=click.Path(file_okay=False), envvar="VOICEAUTH_MODEL_DIR")
 def demo(as_json: bool, model_dir: str | None) -> None:
     """Enrol 9 speakers of a public council meeting and verify them in other meetings."""
-    from voiceauth.demo import run_demo
+    from voiceauth.tools.demo import run_demo
 
     report = run_demo(model_dir=model_dir, progress=not as_json)
     emit(as_json, report.to_dict(), report.table())
@@ -331,9 +331,9 @@ def bench(corpus: str, enroll_files: int, channel: str, max_seconds: float | Non
     from dataclasses import replace as dc_replace
     from pathlib import Path
 
-    from voiceauth.bench import Bench, BenchSettings, audio_tree, compare, split_corpus
     from voiceauth.engines import make_embedder, model_id_of
     from voiceauth.scoring import CalibrationSet
+    from voiceauth.tools.bench import Bench, BenchSettings, audio_tree, compare, split_corpus
 
     split = split_corpus(corpus, enroll_files)
     if cohort:
@@ -389,9 +389,9 @@ def calibrate(trials: Sequence[str], output: str, target_far: float, model: str,
     """Fit score calibration on labelled TRIALS CSV files (columns: score,label,speech_s[,normalisation]).
 
     The trials must be scored by --model (`voiceauth bench --model NAME --out DIR` writes them)."""
-    from voiceauth.bench import fit_calibrations, read_trials
     from voiceauth.engines import model_id_of
     from voiceauth.scoring import Policy
+    from voiceauth.tools.bench import fit_calibrations, read_trials
 
     fitted = fit_calibrations(read_trials(trials), model_id_of(model), source=",".join(trials))
     fitted.save(output)
@@ -428,8 +428,8 @@ def spoof_threshold(recordings: Sequence[str], false_alarm: float, phone: bool, 
     from dataclasses import asdict
     from pathlib import Path
 
-    from voiceauth.bench import audio_tree
     from voiceauth.spoof import THRESHOLD_ENV, fit_threshold
+    from voiceauth.tools.bench import audio_tree
 
     files = [f for r in recordings for f in (audio_tree(Path(r)) if Path(r).is_dir() else [Path(r)])]
     fit = fit_threshold(files, false_alarm, phone=phone)

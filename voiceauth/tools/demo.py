@@ -11,9 +11,9 @@ import numpy as np
 from voiceauth.errors import NoSpeechError
 from voiceauth.evaluation import eer
 from voiceauth.results import Flag
-from voiceauth.samples import enrolment_meeting, meeting_speech, meetings
 from voiceauth.scoring import Decision
 from voiceauth.store.base import Consent
+from voiceauth.tools.samples import enrolment_meeting, meeting_speech, meetings
 
 
 @dataclass

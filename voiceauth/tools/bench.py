@@ -30,7 +30,7 @@ from voiceauth.audio import MODEL_RATE, Audio, add_noise, load_audio, resample, 
 from voiceauth.embedding import EcapaEmbedder, Embedder, l2_normalise
 from voiceauth.engines import shipped_calibration
 from voiceauth.errors import AudioError, CalibrationError, CorpusError
-from voiceauth.evaluation import clopper_pearson, compute_metrics, error_rates, plot_det, plot_score_histograms
+from voiceauth.evaluation import clopper_pearson, compute_metrics, error_rates
 from voiceauth.scoring import (
     MIN_COHORT,
     Calibration,
@@ -40,6 +40,7 @@ from voiceauth.scoring import (
     as_norm,
 )
 from voiceauth.speech import FRAME_S, analyse, speech_mask
+from voiceauth.tools.plots import plot_det, plot_score_histograms
 
 log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}

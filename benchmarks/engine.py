@@ -1,0 +1,458 @@
+"""Speaker-engine benchmark: every model and front end next to plain SpeechBrain, one run.
+
+    python benchmarks/engine.py          # writes results/engine.json, engine.md and engine.png
+    python benchmarks/engine.py --quick  # clean channel only, fewer impostors (a smoke run)
+    python benchmarks/engine.py --speed-only  # re-measure only the speed part into engine.json
+
+About 21 minutes on 2 shared cores (accuracy part on 1 thread; torch on 2 threads is slower
+than on 1 when the other core is busy). With 80 genuine trials a condition, one missed
+genuine trial is 1.25 % FRR: EER differences under ~1 % are within a trial or two.
+
+Corpus: LibriSpeech test-other (10 speakers x 10 files; each speaker is enrolled on their
+first 2 files, every other file is a genuine trial for them and an impostor trial for the 9
+others) plus ``--impostors`` train-clean files drawn with a fixed seed (impostor trials for
+every enrolled speaker). Enrolment files go through the condition's channel at full length;
+test files through the channel and then, for ``<n>s`` conditions, cut to the shortest prefix
+holding ``n`` seconds of net speech (as benchmarks/accuracy.py).
+
+Channels: ``clean``; ``mulaw`` / ``alaw`` (8 kHz, 300-3400 Hz, G.711 round trip); ``dtx``
+(every frame the VAD calls a pause set to exact zeros, as VoIP DTX without comfort noise);
+``noise`` (white noise at ``NOISE_SNR_DB``); ``amr`` (AMR-NB 12.2 kbit/s) and ``gsm``
+(GSM-FR) through SoX on the narrowband signal, skipped when SoX cannot encode them.
+
+Systems, all scored by cosine against the mean enrolment embedding:
+
+* ``baseline``: SpeechBrain ``EncoderClassifier.encode_batch`` on the whole (degraded) file;
+* ``ecapa_vad``: voiceauth's front end (``speech.analyse``, speech frames only) + ECAPA (ONNX,
+  the same embedding space as :class:`voiceauth.embedding.EcapaEmbedder`; parity is checked);
+* ``ecapa_whole``: the whole file + ECAPA ONNX;
+* ``campplus_whole`` / ``campplus_vad``: CAM++ ONNX on the whole file / on the VAD speech.
+
+Speed: embeddings per second of 3 s speech segments, and the real-time factor, for
+SpeechBrain, ECAPA ONNX and CAM++ ONNX on 1 and 2 threads (warm models, one segment a call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from voiceauth.audio import (
+    MODEL_RATE,
+    TELEPHONE_BAND_HZ,
+    TELEPHONE_RATE,
+    Audio,
+    add_noise,
+    alaw_decode,
+    alaw_encode,
+    load_audio,
+    mulaw_decode,
+    mulaw_encode,
+    resample,
+)
+from voiceauth.embedding import l2_normalise
+from voiceauth.evaluation import compute_metrics
+from voiceauth.speech import analyse, frame_length, speech_mask
+from voiceauth.tools.bench import crop_to_speech
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "corpora" / "librispeech-samples"
+RESULTS = ROOT / "benchmarks" / "results"
+SEED = 14
+ENROL_FILES = 2
+NOISE_SNR_DB = 20.0
+SPEED_SEGMENT_S = 3.0
+SYSTEMS = ("baseline", "ecapa_vad", "ecapa_whole", "campplus_whole", "campplus_vad")
+DEFAULT_SYSTEM = "campplus_vad"
+"""The candidate default engine the speed target refers to (CAM++ behind voiceauth's VAD)."""
+PHONE_3S = "mulaw-3s"
+CONDITIONS = ("clean-3s", "mulaw-3s", "clean-1s", "clean-2s", "alaw-3s", "dtx-3s", "noise-3s", "amr-3s", "gsm-3s",
+              "clean-full")
+"""Most telling first: results are written after each condition, so a cut-short run still reports them."""
+SOX_CODECS = {"amr": ("amr-nb", ["-C", "7"]), "gsm": ("gsm", [])}
+"""channel -> (SoX file type, encoder options): AMR-NB mode 7 is 12.2 kbit/s; GSM-FR is 13 kbit/s."""
+
+
+# -- conditions ----------------------------------------------------------------------------------
+
+
+def narrowband(audio: Audio) -> np.ndarray:
+    """``audio`` at 8 kHz through the 300-3400 Hz telephone band (no codec yet)."""
+    from scipy.signal import butter, sosfilt
+
+    narrow = resample(audio.samples, audio.sample_rate, TELEPHONE_RATE)
+    sos = butter(4, TELEPHONE_BAND_HZ, btype="bandpass", fs=TELEPHONE_RATE, output="sos")
+    return np.clip(sosfilt(sos, narrow), -1.0, 1.0).astype(np.float32)
+
+
+def _wideband(narrow: np.ndarray) -> Audio:
+    return Audio(np.clip(resample(narrow, TELEPHONE_RATE, MODEL_RATE), -1.0, 1.0).astype(np.float32), MODEL_RATE)
+
+
+def g711(audio: Audio, law: str) -> Audio:
+    """8 kHz band-limited G.711 (``"mulaw"`` or ``"alaw"``) round trip, back at 16 kHz."""
+    encode, decode = (mulaw_encode, mulaw_decode) if law == "mulaw" else (alaw_encode, alaw_decode)
+    return _wideband(decode(encode(narrowband(audio))))
+
+
+def sox_codec_available(channel: str) -> bool:
+    """Can SoX here encode and decode the mobile codec of ``channel``?"""
+    if shutil.which("sox") is None:
+        return False
+    try:
+        sox_codec(Audio(np.zeros(MODEL_RATE, dtype=np.float32), MODEL_RATE), channel)
+    except (OSError, subprocess.CalledProcessError, RuntimeError):
+        return False
+    return True
+
+
+def sox_codec(audio: Audio, channel: str) -> Audio:
+    """8 kHz band-limited round trip through SoX's encoder of ``channel`` (``amr`` or ``gsm``), 16 kHz out."""
+    kind, options = SOX_CODECS[channel]
+    with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp:
+        raw, coded, back = Path(tmp, "in.wav"), Path(tmp, f"coded.{kind}"), Path(tmp, "out.wav")
+        sf.write(raw, narrowband(audio), TELEPHONE_RATE, subtype="PCM_16")
+        subprocess.run(["sox", "-q", str(raw), *options, "-t", kind, str(coded)], check=True, capture_output=True)
+        subprocess.run(["sox", "-q", "-t", kind, str(coded), "-t", "wav", "-e", "signed-integer", "-b", "16",
+                        str(back)], check=True, capture_output=True)
+        decoded, rate = sf.read(back, dtype="float32")
+    if rate != TELEPHONE_RATE or decoded.ndim != 1:
+        raise RuntimeError(f"sox {kind} round trip gave {decoded.shape} at {rate} Hz")
+    return _wideband(decoded)
+
+
+def digital_silence(audio: Audio) -> Audio:
+    """Every frame the VAD calls a pause (and any trailing partial frame) set to exact zeros."""
+    n = frame_length(audio.sample_rate)
+    keep = np.repeat(speech_mask(audio.samples, audio.sample_rate), n)
+    out = np.zeros_like(audio.samples)
+    out[: len(keep)] = np.where(keep, audio.samples[: len(keep)], 0.0)
+    return Audio(out, audio.sample_rate, audio.truncated)
+
+
+def seed_of(path: Path) -> int:
+    """A per-file seed that does not depend on the order files are visited."""
+    return zlib.crc32(path.name.encode())
+
+
+def apply_channel(audio: Audio, channel: str, seed: int = 0) -> Audio:
+    """``audio`` (16 kHz) through one benchmark channel, 16 kHz out."""
+    if channel == "clean":
+        return audio
+    if channel in ("mulaw", "alaw"):
+        return g711(audio, channel)
+    if channel == "dtx":
+        return digital_silence(audio)
+    if channel == "noise":
+        return add_noise(audio, NOISE_SNR_DB, seed=seed)
+    if channel in SOX_CODECS:
+        return sox_codec(audio, channel)
+    raise ValueError(f"unknown channel {channel!r}")
+
+
+def parse_condition(name: str) -> tuple[str, float | None]:
+    """``"mulaw-3s"`` -> ("mulaw", 3.0); ``"clean-full"`` -> ("clean", None)."""
+    channel, length = name.split("-")
+    return channel, None if length == "full" else float(length.rstrip("s"))
+
+
+# -- embedding -----------------------------------------------------------------------------------
+
+
+class Engines:
+    """The three models, each mapping one 16 kHz signal to a unit embedding."""
+
+    def __init__(self, threads: int) -> None:
+        import torch
+
+        from voiceauth.embedding import EcapaEmbedder
+        from voiceauth.onnx_engine import OnnxEmbedder
+
+        torch.set_num_threads(threads)
+        self.speechbrain = EcapaEmbedder().load()._model
+        self.onnx = {name: OnnxEmbedder(name, threads=threads).load() for name in ("ecapa", "campplus")}
+
+    def baseline(self, samples: np.ndarray) -> np.ndarray:
+        """Plain SpeechBrain: ``encode_batch`` on the whole signal, as a user of SpeechBrain alone would."""
+        import torch
+
+        with torch.inference_mode():
+            emb = self.speechbrain.encode_batch(torch.from_numpy(np.ascontiguousarray(samples, np.float32))[None])
+        return l2_normalise(emb.squeeze().cpu().numpy())
+
+    def embed(self, audio: Audio) -> dict[str, np.ndarray]:
+        """Every system's embedding of one (degraded) recording."""
+        speech = analyse(audio).speech.samples
+        if len(speech) == 0:  # no frame passed the VAD: the VAD systems see the whole file
+            speech = audio.samples
+        ecapa, campplus = self.onnx["ecapa"], self.onnx["campplus"]
+        return {
+            "baseline": self.baseline(audio.samples),
+            "ecapa_vad": ecapa.embed([speech])[0],
+            "ecapa_whole": ecapa.embed([audio.samples])[0],
+            "campplus_whole": campplus.embed([audio.samples])[0],
+            "campplus_vad": campplus.embed([speech])[0],
+        }
+
+
+@dataclass(frozen=True)
+class Pool:
+    enrol: dict[str, list[Path]]
+    tests: dict[str, list[Path]]
+    impostors: list[Path]
+
+
+def pool(impostors: int, seed: int = SEED) -> Pool:
+    """Test-other speakers (enrol on the first ``ENROL_FILES``) and a seeded draw of train-clean impostors."""
+    speakers = {d.name: sorted(d.glob("*.flac")) for d in sorted((SHARED / "test-other").iterdir()) if d.is_dir()}
+    extra = sorted((SHARED / "train-clean").glob("*.flac"))
+    chosen = sorted(np.random.default_rng(seed).choice(len(extra), size=min(impostors, len(extra)), replace=False))
+    return Pool({s: f[:ENROL_FILES] for s, f in speakers.items()}, {s: f[ENROL_FILES:] for s, f in speakers.items()},
+                [extra[i] for i in chosen])
+
+
+Cache = dict[tuple[str, float | None, str], dict[str, np.ndarray]]
+
+
+def embeddings(engines: Engines, files: Sequence[Path], channel: str, test_s: float | None,
+               cache: Cache) -> dict[Path, dict[str, np.ndarray]]:
+    """Every system's embedding of each file under (channel, crop), computed once per run."""
+    out = {}
+    for path in files:
+        key = (channel, test_s, str(path))
+        if key not in cache:
+            audio = apply_channel(load_audio(path), channel, seed_of(path))
+            if test_s is not None:
+                audio = crop_to_speech(audio, test_s)
+            cache[key] = engines.embed(audio)
+        out[path] = cache[key]
+    return out
+
+
+def score_condition(engines: Engines, split: Pool, name: str, cache: Cache) -> dict[str, object]:
+    """EER and minDCF(0.01) of every system on one condition."""
+    channel, test_s = parse_condition(name)
+    enrolled = embeddings(engines, [p for f in split.enrol.values() for p in f], channel, None, cache)
+    test_files = [p for f in split.tests.values() for p in f] + split.impostors
+    tested = embeddings(engines, test_files, channel, test_s, cache)
+    owner = {p: s for s, files in split.tests.items() for p in files}
+    trials = [(s, p) for p in test_files for s in split.enrol]
+    labels = np.array([owner.get(p) == s for s, p in trials])
+    out: dict[str, object] = {"trials": {"genuine": int(labels.sum()), "impostor": int((~labels).sum())}}
+    for system in SYSTEMS:
+        voiceprint = {s: l2_normalise(np.mean([enrolled[p][system] for p in files], axis=0))
+                      for s, files in split.enrol.items()}
+        scores = np.array([float(voiceprint[s] @ tested[p][system]) for s, p in trials])
+        m = compute_metrics(scores, labels)
+        out[system] = {"eer": round(m.eer, 5), "min_dcf_0.01": round(m.min_dcf_01, 4)}
+    return out
+
+
+def parity(engines: Engines, files: Sequence[Path]) -> float:
+    """Smallest cosine between voiceauth's torch ECAPA embedder and ECAPA ONNX on the same VAD speech."""
+    from voiceauth.embedding import EcapaEmbedder
+
+    torch_ecapa = EcapaEmbedder()
+    worst = 1.0
+    for path in files:
+        speech = analyse(load_audio(path)).speech.samples
+        worst = min(worst, float(torch_ecapa.embed([speech])[0] @ engines.onnx["ecapa"].embed([speech])[0]))
+    return round(worst, 6)
+
+
+# -- speed ---------------------------------------------------------------------------------------
+
+
+def segments(files: Sequence[Path], count: int) -> list[np.ndarray]:
+    """``count`` real 3 s speech segments, the first of each file that is long enough."""
+    n = int(SPEED_SEGMENT_S * MODEL_RATE)
+    out = [s.samples[:n] for s in (load_audio(p) for p in files) if len(s.samples) >= n]
+    return out[:count]
+
+
+def speed(segs: Sequence[np.ndarray], rounds: int = 2) -> dict[str, object]:
+    """Embeddings/s and real-time factor of 3 s segments on 1 and 2 threads, ratios vs SpeechBrain.
+
+    Calls are interleaved (segment by segment, every engine and thread count in turn) and the
+    median call time is used, so load from other processes on a shared machine hits all alike.
+    """
+    import torch
+
+    engines = {threads: Engines(threads) for threads in (1, 2)}
+    calls: dict[tuple[int, str], Callable[[np.ndarray], object]] = {}
+    for threads, e in engines.items():
+        calls[threads, "speechbrain"] = e.baseline
+        for name, onnx in e.onnx.items():
+            calls[threads, f"{name}_onnx"] = _single(onnx)
+    times: dict[tuple[int, str], list[float]] = {key: [] for key in calls}
+    for index, seg in enumerate([*segs[:2], *list(segs) * rounds]):
+        for (threads, name), call in calls.items():
+            torch.set_num_threads(threads)
+            started = time.perf_counter()
+            call(seg)
+            if index >= 2:  # the first two are warm-up
+                times[threads, name].append(time.perf_counter() - started)
+    out: dict[str, object] = {}
+    for threads in engines:
+        rates = {name: 1.0 / float(np.median(t)) for (th, name), t in times.items() if th == threads}
+        out[f"{threads}_thread{'s' if threads > 1 else ''}"] = {
+            name: {"embeddings_per_s": round(r, 2), "rtf": round(1.0 / (r * SPEED_SEGMENT_S), 4),
+                   "vs_speechbrain": round(r / rates["speechbrain"], 2)}
+            for name, r in rates.items()
+        }
+    return out
+
+
+def _single(embedder: Any) -> Callable[[np.ndarray], object]:
+    return lambda seg: embedder.embed([seg])
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def summarise(conditions: dict[str, dict[str, object]], speeds: dict[str, object]) -> dict[str, object]:
+    """Which systems are at or below the baseline everywhere; the phone 3 s ratio; speed ratios."""
+    def value(cond: str, system: str, metric: str = "eer") -> float:
+        return float(conditions[cond][system][metric])  # type: ignore[index]
+
+    def ratio(cond: str, system: str) -> float | None:
+        base = value(cond, "baseline")
+        return round(value(cond, system) / base, 3) if base > 0 else (None if value(cond, system) > 0 else 1.0)
+
+    def everywhere(metric: str) -> list[str]:
+        return [s for s in SYSTEMS[1:] if all(value(c, s, metric) <= value(c, "baseline", metric) for c in conditions)]
+
+    out: dict[str, object] = {
+        "at_or_below_baseline_eer_everywhere": everywhere("eer"),
+        "at_or_below_baseline_min_dcf_everywhere": everywhere("min_dcf_0.01"),
+        "eer_ratio_vs_baseline": {c: {s: ratio(c, s) for s in SYSTEMS[1:]} for c in conditions},
+        "speed_vs_speechbrain": {t: {n: v["vs_speechbrain"] for n, v in r.items()}  # type: ignore[union-attr]
+                                 for t, r in speeds.items()},
+    }
+    if PHONE_3S in conditions:
+        out["phone_3s_eer_ratio"] = {s: ratio(PHONE_3S, s) for s in SYSTEMS[1:]}
+        out["phone_3s_target"] = "<= 0.7 x baseline EER"
+    return out
+
+
+def markdown(conditions: dict[str, dict[str, object]], speeds: dict[str, object]) -> str:
+    """The README table: EER % / minDCF(0.01) per condition and system, then the speed table."""
+    head = "| condition | trials (gen/imp) | " + " | ".join(SYSTEMS) + " |"
+    lines = [head, "|" + " --- |" * (len(SYSTEMS) + 2)]
+    for cond, res in conditions.items():
+        trials = res["trials"]
+        cells = [f"{100 * res[s]['eer']:.2f} / {res[s]['min_dcf_0.01']:.3f}" for s in SYSTEMS]  # type: ignore[index]
+        lines.append(f"| {cond} | {trials['genuine']}/{trials['impostor']} | " + " | ".join(cells) + " |")  # type: ignore[index]
+    lines += ["", "| threads | engine | embeddings/s (3 s) | RTF | vs SpeechBrain |", "| --- | --- | --- | --- | --- |"]
+    for threads, rates in speeds.items():
+        for name, v in rates.items():  # type: ignore[union-attr]
+            lines.append(f"| {threads.split('_')[0]} | {name} | {v['embeddings_per_s']} | {v['rtf']} | "
+                         f"{v['vs_speechbrain']}x |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(conditions: dict[str, dict[str, object]], path: Path) -> None:
+    """Grouped bars: EER per condition per system, the baseline hatched and drawn as a line across its group."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(8.0, 1.1 * len(conditions)), 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / len(SYSTEMS)
+    x = np.arange(len(conditions))
+    for i, system in enumerate(SYSTEMS):
+        values = [100 * float(r[system]["eer"]) for r in conditions.values()]  # type: ignore[index]
+        ax.bar(x - 0.4 + (i + 0.5) * width, values, width, label=system,
+               color="lightgrey" if system == "baseline" else None, edgecolor="black" if system == "baseline" else None,
+               hatch="//" if system == "baseline" else None)
+    for xi, r in zip(x, conditions.values(), strict=True):
+        ax.hlines(100 * float(r["baseline"]["eer"]), xi - 0.4, xi + 0.4, colors="black", linewidth=1)  # type: ignore[index]
+    ax.set_xticks(x, list(conditions), rotation=30, ha="right")
+    ax.set_ylabel("EER (%)")
+    ax.set_title("Speaker engines vs plain SpeechBrain (black line: baseline EER)")
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, format="png")
+
+
+def write(result: dict[str, object], conditions: dict[str, dict[str, object]], speeds: dict[str, object]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "engine.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "engine.md").write_text(markdown(conditions, speeds))
+    plot(conditions, RESULTS / "engine.png")
+
+
+def speed_only() -> int:
+    """Replace the speed part (and summary) of an existing results/engine.json."""
+    result = json.loads((RESULTS / "engine.json").read_text())
+    split = pool(0)
+    speeds = speed(segments([p for f in split.tests.values() for p in f], 16))
+    result |= {"speed_3s_segments": speeds, "summary": summarise(result["conditions"], speeds)}
+    result["machine"]["speed_remeasured_load_avg"] = os.getloadavg()
+    write(result, result["conditions"], speeds)
+    print(markdown(result["conditions"], speeds))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="clean channel only, 10 impostor files")
+    parser.add_argument("--impostors", type=int, default=10, help="train-clean impostor files (default 10)")
+    parser.add_argument("--threads", type=int, default=1, help="threads for the accuracy part (default 1)")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="re-measure only the speed part (e.g. on an idle machine) into the existing engine.json")
+    args = parser.parse_args(argv)
+    if args.speed_only:
+        return speed_only()
+    started, load_start = time.time(), os.getloadavg()
+    split = pool(10 if args.quick else args.impostors)
+    names = [c for c in CONDITIONS if not args.quick or c.startswith("clean")]
+    skipped = {c: "SoX cannot encode this codec here (apt-get install sox libsox-fmt-all)"
+               for c in names if parse_condition(c)[0] in SOX_CODECS and not sox_codec_available(parse_condition(c)[0])}
+    speeds = speed(segments([p for f in split.tests.values() for p in f], 16))
+    engines = Engines(args.threads)
+    result: dict[str, object] = {
+        "settings": {"seed": SEED, "enrol_files": ENROL_FILES, "speakers": len(split.enrol),
+                     "train_clean_impostors": len(split.impostors), "noise_snr_db": NOISE_SNR_DB,
+                     "threads_accuracy": args.threads, "scoring": "cosine vs mean enrolment embedding",
+                     "default_system": DEFAULT_SYSTEM},
+        "skipped_conditions": skipped,
+        "ecapa_onnx_vs_torch_min_cosine": parity(engines, [f[0] for f in list(split.tests.values())[:3]]),
+        "speed_3s_segments": speeds,
+    }
+    cache: Cache = {}
+    conditions: dict[str, dict[str, object]] = {}
+    for name in (c for c in names if c not in skipped):
+        t0 = time.time()
+        conditions[name] = score_condition(engines, split, name, cache)
+        print(f"{name}: {time.time() - t0:.0f} s " + ", ".join(
+            f"{s} {100 * conditions[name][s]['eer']:.2f}%" for s in SYSTEMS), flush=True)  # type: ignore[index]
+        result |= {
+            "machine": {"cpus": os.cpu_count(), "load_avg_at_start": load_start, "load_avg_now": os.getloadavg(),
+                        "wall_s": round(time.time() - started)},
+            "conditions": conditions, "summary": summarise(conditions, speeds),
+        }
+        write(result, conditions, speeds)
+    print(markdown(conditions, speeds))
+    print(json.dumps(result["summary"], indent=2))
+    print(f"total {time.time() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""benchmarks/engine.py condition builders: rates, lengths, exact zeros, crops, deterministic trial pool."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from voiceauth.audio import MODEL_RATE, Audio, load_audio
+from voiceauth.speech import FRAME_S, analyse, frame_length, speech_mask
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "engine.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("engine_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def clip(speakers: dict[str, list[Path]]) -> Audio:
+    return load_audio(next(iter(speakers.values()))[0])
+
+
+@pytest.mark.parametrize("channel", ["clean", "mulaw", "alaw", "noise"])
+def test_channels_keep_rate_and_length(bench: ModuleType, clip: Audio, channel: str) -> None:
+    out = bench.apply_channel(clip, channel, seed=3)
+    assert out.sample_rate == MODEL_RATE and out.samples.dtype == np.float32
+    assert len(out.samples) == len(clip.samples)
+    assert np.all(np.abs(out.samples) <= 1.0)
+    if channel != "clean":
+        assert not np.array_equal(out.samples, clip.samples)
+
+
+def test_g711_is_band_limited_and_laws_differ(bench: ModuleType, clip: Audio) -> None:
+    mu, a = bench.g711(clip, "mulaw"), bench.g711(clip, "alaw")
+    assert not np.array_equal(mu.samples, a.samples)
+    spectrum = np.abs(np.fft.rfft(mu.samples))
+    freqs = np.fft.rfftfreq(len(mu.samples), 1 / MODEL_RATE)
+    assert spectrum[freqs > 4200].sum() < 0.01 * spectrum[(freqs > 300) & (freqs < 3400)].sum()
+
+
+def test_noise_is_seeded(bench: ModuleType, clip: Audio) -> None:
+    one, two = bench.apply_channel(clip, "noise", 5), bench.apply_channel(clip, "noise", 5)
+    assert np.array_equal(one.samples, two.samples)
+    assert not np.array_equal(one.samples, bench.apply_channel(clip, "noise", 6).samples)
+
+
+def test_dtx_zeros_exactly_the_pauses(bench: ModuleType, clip: Audio) -> None:
+    out = bench.digital_silence(clip)
+    n = frame_length(clip.sample_rate)
+    mask = speech_mask(clip.samples, clip.sample_rate)
+    frames = out.samples[: len(mask) * n].reshape(len(mask), n)
+    assert len(out.samples) == len(clip.samples)
+    assert 0 < (~mask).sum() < len(mask)
+    assert np.all(frames[~mask] == 0.0)
+    assert np.array_equal(frames[mask], clip.samples[: len(mask) * n].reshape(len(mask), n)[mask])
+    assert np.all(out.samples[len(mask) * n :] == 0.0)
+    assert analyse(out).report.speech_s > 0
+
+
+@pytest.mark.parametrize("channel", ["amr", "gsm"])
+def test_mobile_codecs(bench: ModuleType, clip: Audio, channel: str) -> None:
+    if not bench.sox_codec_available(channel):
+        pytest.skip(f"SoX cannot encode {channel} here")
+    out = bench.apply_channel(clip, channel)
+    assert out.sample_rate == MODEL_RATE
+    assert abs(len(out.samples) - len(clip.samples)) <= 0.03 * MODEL_RATE  # codec frames of 20 ms
+    assert np.corrcoef(out.samples[: len(clip.samples)][:16000], clip.samples[:16000])[0, 1] ** 2 < 0.999
+    assert float(np.std(out.samples)) > 0.1 * float(np.std(clip.samples))
+
+
+def test_parse_condition(bench: ModuleType) -> None:
+    assert bench.parse_condition("mulaw-3s") == ("mulaw", 3.0)
+    assert bench.parse_condition("clean-full") == ("clean", None)
+    assert bench.PHONE_3S in bench.CONDITIONS
+    for name in bench.CONDITIONS:
+        channel, _ = bench.parse_condition(name)
+        assert channel in ("clean", "mulaw", "alaw", "dtx", "noise", *bench.SOX_CODECS)
+
+
+def test_pool_is_deterministic_and_disjoint(bench: ModuleType, librispeech: Path) -> None:
+    one, two = bench.pool(10), bench.pool(10)
+    assert one == two and len(one.impostors) == 10
+    assert one != bench.pool(10, seed=bench.SEED + 1)
+    for speaker, files in one.enrol.items():
+        assert len(files) == bench.ENROL_FILES and not set(files) & set(one.tests[speaker])
+    assert not {p.name.split("-")[0] for p in one.impostors} & set(one.enrol)
+
+
+@pytest.mark.parametrize("seconds", [1.0, 2.0, 3.0])
+def test_crops_hold_that_much_net_speech(bench: ModuleType, clip: Audio, seconds: float) -> None:
+    for channel in ("clean", "mulaw"):
+        audio = bench.apply_channel(clip, channel)
+        cut = bench.crop_to_speech(audio, seconds)
+        mask = speech_mask(audio.samples, audio.sample_rate)
+        kept = len(cut.samples) // frame_length(audio.sample_rate)
+        assert len(cut.samples) < len(audio.samples)
+        assert mask[:kept].sum() * FRAME_S == pytest.approx(seconds)
