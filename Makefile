@@ -38,7 +38,7 @@ test: $(STAMP)
 	(command -v espeak-ng && command -v sox) >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq espeak-ng sox libsox-fmt-all) \
 		|| echo "espeak-ng / sox unavailable: synthetic-speech and mobile-codec tests will be skipped"
-	HF_HUB_OFFLINE=1 $(VENV)/bin/voiceauth models pull --spoof
+	HF_HUB_OFFLINE=1 $(VENV)/bin/voiceauth models pull --all --spoof
 	HF_HUB_OFFLINE=1 $(VENV)/bin/voiceauth doctor --no-store
 	$(VENV)/bin/ruff check voiceauth tests examples benchmarks
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -15,13 +15,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-pytest.importorskip("onnxruntime")
-
-from voiceauth.embedding import Embedder  # noqa: E402
-from voiceauth.errors import AudioError, ModelChecksumError, ModelError, ModelUnavailableError  # noqa: E402
-from voiceauth.fbank import speechbrain_fbank  # noqa: E402
-from voiceauth.models import resolve  # noqa: E402
-from voiceauth.onnx_engine import (  # noqa: E402
+from voiceauth.embedding import Embedder
+from voiceauth.errors import AudioError, ModelChecksumError, ModelError, ModelUnavailableError
+from voiceauth.fbank import speechbrain_fbank
+from voiceauth.models import resolve
+from voiceauth.onnx_engine import (
     CAMPPLUS_ONNX,
     ECAPA_ONNX,
     ENGINES,
@@ -194,3 +192,13 @@ def test_onnx_embed_does_not_import_torch(use_cache: Path, speakers: dict[str, l
     audio = sf.read(path, dtype="float32")[0]
     for name in ("campplus", "ecapa"):
         assert cosine(np.array(result[name]), OnnxEmbedder(name).embed([audio])[0]) > 0.99999
+
+
+@pytest.mark.parametrize("bad", [np.zeros(0, np.float32), np.full(800, np.nan, np.float32), np.zeros((2, 800))])
+def test_every_embedder_refuses_unusable_input_before_the_model(bad: np.ndarray) -> None:
+    """Both engines share one input check: an empty signal used to crash EcapaEmbedder with a ValueError."""
+    from voiceauth.embedding import EcapaEmbedder
+
+    for embedder in (EcapaEmbedder(), OnnxEmbedder("campplus")):
+        with pytest.raises(AudioError, match="non-empty, finite 1-D"):
+            embedder.embed([bad])

@@ -42,6 +42,14 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def checked_signal(signal: np.ndarray) -> np.ndarray:
+    """``signal`` as float32, if it is non-empty, finite, 1-D audio; AudioError otherwise."""
+    signal = np.asarray(signal, dtype=np.float32)
+    if signal.ndim != 1 or not signal.size or not np.all(np.isfinite(signal)):
+        raise AudioError("embedder input must be non-empty, finite 1-D float32 audio at 16 kHz")
+    return signal
+
+
 def windows(signal: np.ndarray, max_len: int) -> list[np.ndarray]:
     """Split ``signal`` into nearly equal windows of at most ``max_len`` samples."""
     if len(signal) < MIN_SAMPLES:
@@ -138,10 +146,7 @@ class EcapaEmbedder:
         pieces: list[np.ndarray] = []
         owner: list[int] = []
         for index, signal in enumerate(signals):
-            signal = np.asarray(signal, dtype=np.float32)
-            if signal.ndim != 1 or not np.all(np.isfinite(signal)):
-                raise AudioError("embedder input must be finite 1-D float32 audio at 16 kHz")
-            for window in windows(signal, self._max_len):
+            for window in windows(checked_signal(signal), self._max_len):
                 pieces.append(window)
                 owner.append(index)
         window_embeddings = self._embed_windows(pieces)

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from voiceauth.audio import MODEL_RATE
-from voiceauth.embedding import l2_normalise, windows
-from voiceauth.errors import AudioError, ModelChecksumError, ModelError, ModelUnavailableError
+from voiceauth.embedding import checked_signal, l2_normalise, windows
+from voiceauth.errors import ModelChecksumError, ModelError, ModelUnavailableError
 from voiceauth.fbank import N_MELS, kaldi_fbank, speechbrain_fbank
 from voiceauth.models import CAMPPLUS, ECAPA, ModelSpec, cache_root, resolve, verified_copy
 
@@ -219,9 +219,6 @@ class OnnxEmbedder:
         self.load()
         out = np.zeros((len(signals), self.dim), dtype=np.float64)
         for row, signal in enumerate(signals):
-            signal = np.asarray(signal, dtype=np.float32)
-            if signal.ndim != 1 or not signal.size or not np.all(np.isfinite(signal)):
-                raise AudioError("embedder input must be non-empty, finite 1-D float32 audio at 16 kHz")
-            for window in windows(signal, self._max_len):
+            for window in windows(checked_signal(signal), self._max_len):
                 out[row] += self._window(window) * len(window)
         return l2_normalise(out)
