@@ -41,7 +41,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/voiceauth models pull --all --spoof
 	HF_HUB_OFFLINE=1 $(VENV)/bin/voiceauth doctor --no-store
 	$(VENV)/bin/ruff check voiceauth tests examples benchmarks
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=15
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/accuracy.py
