@@ -78,7 +78,10 @@ def test_cli_identify_with_broken_stack_exits_2_without_traceback(
     speech_file = next(iter(speakers.values()))[0]
     env = _stand_in(tmp_path, f"raise OSError({BROKEN_LIB!r})\n")
     env["VOICEAUTH_KEY"] = "A" * 43 + "="
-    proc = _run(["-m", "voiceauth", "identify", str(speech_file), "--store", str(tmp_path / "s.db")], env)
+    store = tmp_path / "s.db"
+    made = _run(["-c", f"from voiceauth.store import open_store; open_store({str(store)!r}).close()"], env)
+    assert made.returncode == 0, made.stderr  # the store needs no speech stack
+    proc = _run(["-m", "voiceauth", "identify", str(speech_file), "--store", str(store)], env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "speech stack is broken" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -97,13 +97,16 @@ def ensure_speech_stack() -> None:
 def check_models(model_dir: str | None = None, spoof_model_dir: str | None = None) -> list[Check]:
     """Model files present (explicit directory or cache) and matching their pinned checksums."""
     from voiceauth.errors import ModelChecksumError, ModelUnavailableError
-    from voiceauth.models import AASIST, ECAPA, cache_root, verify
+    from voiceauth.models import AASIST, CAMPPLUS, ECAPA, cache_root, verify
 
     checks: list[Check] = []
-    for spec, explicit in ((ECAPA, model_dir), (AASIST, spoof_model_dir)):
+    for spec, explicit, pull in (
+        (ECAPA, model_dir, "voiceauth models pull"),
+        (CAMPPLUS, None, "voiceauth models pull --model campplus"),
+        (AASIST, spoof_model_dir, "voiceauth models pull --spoof"),
+    ):
         given = explicit or os.environ.get(spec.env_var)
         directory = Path(given).expanduser() if given else cache_root() / "models" / spec.name
-        pull = "voiceauth models pull" + (" --spoof" if spec is AASIST else "")
         if not given and not directory.is_dir():
             detail = f"not downloaded yet (fetched on first use or by `{pull}`)"
             checks.append(Check(f"model {spec.name}", True, detail))
