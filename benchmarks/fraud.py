@@ -95,7 +95,7 @@ def run_channel(channel: str) -> dict[str, object]:
                              for f in files[2:]}
                 for f in callers:
                     genuine[f] = va.probe(audio[f])
-                raw_only = Watchlist(va, normalise=False)
+                raw_only = Watchlist(va.services, normalise=False)
                 for method, watchlist in (("combined", va.watchlist), ("raw", raw_only)):
                     c = counts[method]
                     flagged = 0

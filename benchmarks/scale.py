@@ -113,7 +113,7 @@ def bulk(files_per_speaker: int, speakers: int, workers: int, workdir: Path) -> 
         with VoiceAuth(workdir / f"bulk-{engine}.db", actor="benchmark") as va:
             if address is None:
                 va.embedder.embed([np.zeros(16000, dtype=np.float32)])  # load the model outside the timing
-            report = enroll_manifest(va, rows, ray_address=address, workers=workers)
+            report = enroll_manifest(va.services, rows, ray_address=address, workers=workers)
         if report.failed:
             sys.exit(f"bulk enrolment ({engine}) failed: {report.failed}")
         out[engine] = {"seconds": round(report.seconds, 2), "files_per_s": round(report.files_per_s, 2),

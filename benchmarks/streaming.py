@@ -387,7 +387,7 @@ def capacity_run(va: VoiceAuth, pairs: list[tuple[str, np.ndarray]], n: int, cal
     ``i * call_s / n`` and a new call whenever one ends after ``call_s``, so from ``call_s``
     on there are always ``n`` live calls at different stages (arrivals spread as in a call
     centre); the run lasts ``2 * call_s`` and only the second half counts."""
-    pool = SessionPool(va, SessionSettings())
+    pool = SessionPool(va.services, SessionSettings(), watchlist=va.watchlist)
     va._sessions = pool
     call_ticks = int(call_s * 50)
     offsets = [int(round(i * call_ticks / n)) if steady else 0 for i in range(n)]
@@ -531,7 +531,7 @@ def main() -> None:
                     va.close()
                 continue
             va = VoiceAuth(Path(tmp) / f"{name}.db", embedder=CachedEmbedder(real), spoof=CachedSpoof(spoof))  # type: ignore[arg-type]
-            va._sessions = SessionPool(va, deep)
+            va._sessions = SessionPool(va.services, deep, watchlist=va.watchlist)
             background = enrol_background(va)
             enrolled = enrol_all(va, enrol)
             runs = run_corpus(va, name, enrolled, calls, splice=name == "librispeech")

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voiceauth.bulk import ManifestRow, enroll_batch_command, enroll_manifest, read_manifest
+from voiceauth.bulk import ManifestRow, enroll_manifest, read_manifest
+from voiceauth.cli import enroll_batch_command
 from voiceauth.errors import CorpusError
 
 pytestmark = [
@@ -99,7 +100,8 @@ def test_bulk_enrolment_as_ray_data_job(ray_cluster: None, tmp_path: Path, speak
     manifest = _manifest(tmp_path / "manifest.csv", speakers, count=3, files=3)
     seen: list[int] = []
     with VoiceAuth(tmp_path / "ray.db", embedder=embedder) as va:
-        report = enroll_manifest(va, manifest, ray_address="ray://local", workers=2, on_file=seen.append)
+        report = enroll_manifest(va.services, manifest, ray_address="ray://local", workers=2,
+                                 on_file=seen.append)
         assert report.engine == "ray-data" and report.files == 9 and sum(seen) == 9
         assert [c.status for c in report.customers] == ["complete"] * 3, report.as_dict()
         assert len(va.list()) == 3
@@ -107,7 +109,7 @@ def test_bulk_enrolment_as_ray_data_job(ray_cluster: None, tmp_path: Path, speak
         assert va.consent(report.customers[0].customer_id) is not None
         ray_ids, ray_matrix = va.store.embeddings(Namespace.CUSTOMER, embedder.model_id)
     with VoiceAuth(tmp_path / "local.db", embedder=embedder) as va:
-        local = enroll_manifest(va, manifest)
+        local = enroll_manifest(va.services, manifest)
         assert local.engine == "in-process"
         ids, matrix = va.store.embeddings(Namespace.CUSTOMER, embedder.model_id)
     assert ids == ray_ids
@@ -149,11 +151,11 @@ def test_bulk_needs_consent_unless_legacy_migration(tmp_path: Path, speakers, em
 
     manifest = _manifest(tmp_path / "m.csv", speakers, count=1, files=3, consent=False)
     with VoiceAuth(tmp_path / "vp.db", embedder=embedder) as va:
-        refused = enroll_manifest(va, manifest)
+        refused = enroll_manifest(va.services, manifest)
         assert refused.customers[0].status == "failed" and "consent" in (refused.customers[0].error or "")
         assert va.list() == []
-        migrated = enroll_manifest(va, manifest, legacy_migration=True)
+        migrated = enroll_manifest(va.services, manifest, legacy_migration=True)
         assert migrated.customers[0].status == "complete"
         va.opt_out(migrated.customers[0].customer_id)
-        again = enroll_manifest(va, manifest, legacy_migration=True)
+        again = enroll_manifest(va.services, manifest, legacy_migration=True)
         assert again.customers[0].status == "skipped" and va.list() == []

@@ -124,7 +124,7 @@ def cloned(tmp_path_factory: pytest.TempPathFactory, embedder) -> Iterator[tuple
     consent = Consent.now(channel="test", notice_version="v1", captured_by="tests")
     va.enroll("wide", clips[:3], consent=consent)
     va.enroll("phone", [telephone_channel(c) for c in clips[:3]], consent=consent)
-    va._sessions = SessionPool(va, SessionSettings(max_pending_segments=64))
+    va._sessions = SessionPool(va.services, SessionSettings(max_pending_segments=64), watchlist=va.watchlist)
     yield va, clips[3:]
     va.close()
     mp.undo()

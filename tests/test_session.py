@@ -108,7 +108,8 @@ def make_va(tmp_path: Path, consent: Consent, embedder: StandIn, spoof: object =
     va = VoiceAuth(tmp_path / "vp.db", embedder=embedder, spoof=spoof,  # type: ignore[arg-type]
                    calibration=STAND_IN_CALIBRATION)
     va.enroll("cust-1", [synth(12, 16000)], consent=consent, sample_rate=16000)
-    va._sessions = SessionPool(va, SessionSettings(reap_interval_s=0.05, **settings))  # type: ignore[arg-type]
+    va._sessions = SessionPool(va.services, SessionSettings(reap_interval_s=0.05, **settings),  # type: ignore[arg-type]
+                               watchlist=va.watchlist)
     return va
 
 
@@ -435,7 +436,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VoiceAuth, 
     a = sorted(speakers)[0]
     va.enroll(a, [telephone_channel(load_audio(p)) for p in speakers[a][:3]],
               consent=Consent.now(channel="test", notice_version="v1", captured_by="tests"))
-    va._sessions = SessionPool(va, SessionSettings(max_pending_segments=64))
+    va._sessions = SessionPool(va.services, SessionSettings(max_pending_segments=64), watchlist=va.watchlist)
     yield va, speakers
     va.close()
     mp.undo()

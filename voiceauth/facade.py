@@ -7,13 +7,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Union
+from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
 
-from voiceauth.audio import MODEL_RATE, Audio, load_audio
+from voiceauth.audio import MODEL_RATE, load_audio
+from voiceauth.cohort import COHORT_TTL_S, CohortCache
 from voiceauth.embedding import Embedder
 from voiceauth.engines import DEFAULT_MODEL, MODELS, make_embedder, missing_calibration, shipped_calibration
 from voiceauth.enrolment import MIN_SAMPLE_SPEECH_S, EnrolMode, NewSpeech, builder, pool, progress
@@ -22,7 +21,6 @@ from voiceauth.errors import (
     ModelError,
     ModelMismatchError,
     NoSpeechError,
-    NotEnrolledError,
     OptedOutError,
     VoiceAuthError,
 )
@@ -44,18 +42,17 @@ from voiceauth.scoring import (
     Scorer,
     Thresholds,
 )
+from voiceauth.services import AudioSource, Services, analysis_flags, as_sources, prepare, source_name
 from voiceauth.session import CallResult, CallSession, CallStatus, SessionPool
-from voiceauth.speech import SpeechAnalysis, analyse
+from voiceauth.speech import analyse
 from voiceauth.spoof import SpoofDetector
 from voiceauth.store import open_store
 from voiceauth.store.base import AuditRecord, Consent, Namespace, OptOutResult, Store, VoiceprintInfo
 from voiceauth.watchlist import Watchlist
 
-AudioSource = Union[str, "os.PathLike[str]", np.ndarray, Audio]
-
 DEFAULT_ENROL_SPEECH_S = 10.0
-COHORT_TTL_S = 60.0
 MAX_TOP_K = 100
+T = TypeVar("T")
 
 
 class _Unset:
@@ -66,22 +63,21 @@ class _Unset:
 CONSENT_REQUIRED: Any = _Unset()
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    """Analysed speech of the samples of one request, before anything is written."""
+class _Shared(Generic[T]):
+    """A facade attribute kept in ``va.services``: setting it on the facade reaches every part."""
 
-    speech: list[np.ndarray]
-    reports: list[SampleReport]
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
 
+    @overload
+    def __get__(self, obj: None, owner: type) -> _Shared[T]: ...
+    @overload
+    def __get__(self, obj: VoiceAuth, owner: type) -> T: ...
+    def __get__(self, obj: VoiceAuth | None, owner: type) -> T | _Shared[T]:
+        return self if obj is None else getattr(obj.services, self._name)
 
-def _name_of(source: AudioSource, index: int) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return Path(source).name
-    return f"sample-{index}"
-
-
-def _flags(analysis: SpeechAnalysis) -> tuple[Flag, ...]:
-    return tuple(Flag(f.value) for f in analysis.report.flags)
+    def __set__(self, obj: VoiceAuth, value: T) -> None:
+        setattr(obj.services, self._name, value)
 
 
 class VoiceAuth:
@@ -106,7 +102,18 @@ class VoiceAuth:
             ``False`` turns it off.
         create: create the store (and key file) if missing; ``False`` opens only an existing
             store, as management tools should.
+
+    The parts shared with the watchlist and live calls live in ``va.services``;
+    ``va.store``, ``va.embedder`` and the other attributes below read and write them.
     """
+
+    store = _Shared[Store]()
+    embedder = _Shared[Embedder]()
+    scorer = _Shared[Scorer]()
+    policy = _Shared[Policy]()
+    spoof = _Shared[SpoofDetector | None]()
+    actor = _Shared[str]()
+    enrol_speech_s = _Shared[float]()
 
     def __init__(
         self,
@@ -121,10 +128,10 @@ class VoiceAuth:
         spoof: SpoofDetector | bool = True,
         create: bool = True,
     ) -> None:
-        self.store: Store = open_store(store, create=create)
-        self.policy = policy or Policy()
-        self.embedder = self._make_embedder(embedder, model_dir)
-        model_id = self.embedder.model_id
+        opened = open_store(store, create=create)
+        policy = policy or Policy()
+        model = self._make_embedder(embedder, model_dir)
+        model_id = model.model_id
         if calibration is None:
             calibrations = shipped_calibration(model_id)
         elif isinstance(calibration, CalibrationSet):
@@ -132,17 +139,19 @@ class VoiceAuth:
         else:
             calibrations = CalibrationSet.load(calibration, model_id)
         # without a calibration for the model, enrolment still works and every decision is refused
-        self.scorer = Scorer(calibrations, self.policy, missing=missing_calibration(model_id))
-        self.enrol_speech_s = enrol_speech_s
-        self.actor = actor
-        self._cohort: tuple[float, list[str], np.ndarray] | None = None
-        self._cohort_lock = threading.Lock()
+        self.services = Services(
+            store=opened,
+            embedder=model,
+            scorer=Scorer(calibrations, policy, missing=missing_calibration(model_id)),
+            policy=policy,
+            spoof=SpoofDetector() if spoof is True else spoof or None,
+            actor=actor,
+            enrol_speech_s=enrol_speech_s,
+            cohort=CohortCache(COHORT_TTL_S),
+        )
         self._sessions: SessionPool | None = None  # live calls: created by start_call()
         self._sessions_lock = threading.Lock()
-        self.watchlist = Watchlist(self)
-        self.spoof: SpoofDetector | None = (
-            SpoofDetector() if spoof is True else spoof or None
-        )
+        self.watchlist = Watchlist(self.services)
 
     @staticmethod
     def _make_embedder(embedder: Embedder | str | None, model_dir: str | os.PathLike[str] | None) -> Embedder:
@@ -192,7 +201,7 @@ class VoiceAuth:
         customer_id = canonical_id(customer_id)
         with self._sessions_lock:
             if self._sessions is None:
-                self._sessions = SessionPool(self)
+                self._sessions = SessionPool(self.services, watchlist=self.watchlist)
             sessions = self._sessions
         return sessions.start_call(customer_id, sample_rate=sample_rate, encoding=encoding,
                                    on_decision=on_decision, on_update=on_update, call_id=call_id)
@@ -203,54 +212,6 @@ class VoiceAuth:
             sessions = self._sessions
         if sessions is not None:
             sessions.cancel_customer(customer_id, status, reason)
-
-    # -- helpers --------------------------------------------------------------
-    def _analyse(
-        self,
-        sources: Sequence[AudioSource],
-        sample_rate: int | None,
-        channel: int | None,
-        on_sample: Callable[[SampleReport], None] | None = None,
-    ) -> _Prepared:
-        speech: list[np.ndarray] = []
-        reports: list[SampleReport] = []
-        for index, source in enumerate(sources):
-            audio = load_audio(source, sample_rate=sample_rate, channel=channel)
-            analysis = analyse(audio)
-            flags = _flags(analysis)
-            speech_s = analysis.report.speech_s
-            used = speech_s >= MIN_SAMPLE_SPEECH_S
-            if speech_s == 0:
-                flags += (Flag.NO_SPEECH,)
-            elif not used and Flag.TOO_SHORT not in flags:
-                flags += (Flag.TOO_SHORT,)
-            reports.append(SampleReport(_name_of(source, index), round(speech_s, 2), used, flags))
-            if on_sample is not None:
-                on_sample(reports[-1])
-            if used:
-                speech.append(analysis.speech.samples)
-        return _Prepared(speech, reports)
-
-    @staticmethod
-    def _as_sources(samples: Sequence[AudioSource] | AudioSource) -> list[AudioSource]:
-        sources = [samples] if isinstance(samples, (str, os.PathLike, np.ndarray, Audio)) else list(samples)
-        if not sources:
-            raise NoSpeechError("no samples given; pass at least one recording")
-        return sources
-
-    def _cohort_matrix(self, exclude: str) -> np.ndarray:
-        with self._cohort_lock:
-            now = time.monotonic()
-            if self._cohort is None or now - self._cohort[0] > COHORT_TTL_S:
-                ids, matrix = self.store.embeddings(Namespace.CUSTOMER, self.embedder.model_id)
-                self._cohort = (now, ids, matrix)
-            _, ids, matrix = self._cohort
-        keep = [i for i, cid in enumerate(ids) if cid != exclude]
-        return matrix[keep]
-
-    def _invalidate_cohort(self) -> None:
-        with self._cohort_lock:
-            self._cohort = None
 
     # -- enrolment -------------------------------------------------------------
     def enroll(
@@ -291,8 +252,8 @@ class VoiceAuth:
                     f"{customer_id} opted out of voice biometrics; enrol again only with fresh consent"
                 )
             opt_in = AuditRecord("opt_in", customer_id, "fresh_consent", self.actor)
-        sources = self._as_sources(samples)
-        prepared = self._analyse(sources, sample_rate, channel, on_sample)
+        sources = as_sources(samples)
+        prepared = prepare(sources, sample_rate, channel, on_sample)
         if not prepared.speech:
             total = sum(r.speech_s for r in prepared.reports)
             raise NoSpeechError(
@@ -315,26 +276,10 @@ class VoiceAuth:
             consent=consent,
             opt_in=opt_in,
         )
-        self._invalidate_cohort()
+        self.services.cohort.invalidate()
         return progress(voiceprint, self.enrol_speech_s, prepared.reports)
 
     # -- verification ------------------------------------------------------------
-    def _load_voiceprint(self, customer_id: str) -> Any:
-        voiceprint = self.store.get(Namespace.CUSTOMER, customer_id)
-        if voiceprint is None:
-            raise NotEnrolledError(f"customer {customer_id} is not enrolled; enrol them first (voiceauth enroll)")
-        if not voiceprint.complete:
-            raise NotEnrolledError(
-                f"enrolment of {customer_id} is incomplete ({voiceprint.speech_s:.1f} s of "
-                f"{self.enrol_speech_s:.0f} s of speech); add speech with enroll()"
-            )
-        if voiceprint.model_id != self.embedder.model_id:
-            raise ModelMismatchError(
-                f"{customer_id}'s voiceprint was made by model {voiceprint.model_id}, not {self.embedder.model_id}; "
-                "score with that model or re-enrol the customer with replace=True"
-            )
-        return voiceprint
-
     def _opted_out_result(self, customer_id: str) -> VerificationResult:
         self.store.audit(AuditRecord("verify", customer_id, Decision.OPTED_OUT.value, self.actor))
         return VerificationResult(customer_id, Decision.OPTED_OUT, 0.0, 0.0, 0.0, Normalisation.RAW, 0.0)
@@ -345,11 +290,11 @@ class VoiceAuth:
         analysis = analyse(audio, min_speech_s=self.policy.min_speech_s)
         if analysis.report.speech_s == 0:
             raise NoSpeechError(
-                f"no speech detected in {_name_of(sample, 0)} ({audio.duration_s:.1f} s of audio); "
+                f"no speech detected in {source_name(sample, 0)} ({audio.duration_s:.1f} s of audio); "
                 "check the recording is not silent and the customer's channel is selected"
             )
         embedding = self.embedder.embed([analysis.speech.samples])[0]
-        flags, spoof_probability = _flags(analysis), None
+        flags, spoof_probability = analysis_flags(analysis), None
         if self.spoof is not None:
             # every window of the speech that was embedded, never the pauses around it
             verdict = self.spoof.score_speech(analysis.speech.samples, analysis.speech.sample_rate)
@@ -371,7 +316,7 @@ class VoiceAuth:
         customer_id = canonical_id(customer_id)
         if self.store.is_opted_out(customer_id):
             return self._opted_out_result(customer_id)
-        voiceprint = self._load_voiceprint(customer_id)
+        voiceprint = self.services.load_voiceprint(customer_id)
         probe = sample if isinstance(sample, Probe) else self.probe(sample, sample_rate=sample_rate, channel=channel)
         if probe.model_id != voiceprint.model_id:
             raise ModelMismatchError(
@@ -383,7 +328,7 @@ class VoiceAuth:
     def _decide(
         self, customer_id: str, enrolled: np.ndarray, embedding: np.ndarray, speech_s: float, flags: tuple[Flag, ...]
     ) -> VerificationResult:
-        cohort = self._cohort_matrix(exclude=customer_id)
+        cohort = self.services.cohort_matrix(exclude=customer_id)
         score = self.scorer.score(enrolled, embedding, speech_s, cohort)
         decision = self.scorer.decide(score, speech_s)
         if score.normalisation is Normalisation.RAW:
@@ -446,7 +391,7 @@ class VoiceAuth:
         AS-norm thresholds apply once the store holds enough other voiceprints to form a
         cohort; before that, the raw-score calibration's.
         """
-        cohort = self._cohort_matrix(exclude="")
+        cohort = self.services.cohort_matrix(exclude="")
         kind = Normalisation.AS_NORM if len(cohort) >= MIN_COHORT else Normalisation.RAW
         return self.scorer.thresholds(kind)
 
@@ -460,7 +405,7 @@ class VoiceAuth:
             )
         finally:  # also on ErasureIncompleteError (deleted, a copy left in the WAL): fail closed
             self._end_live_calls(customer_id, CallStatus.NOT_ENROLLED, "voiceprint deleted during the call")
-            self._invalidate_cohort()
+            self.services.cohort.invalidate()
         return removed
 
     def list(self) -> list[VoiceprintInfo]:
@@ -477,7 +422,7 @@ class VoiceAuth:
             result = self.store.opt_out(customer_id, event=AuditRecord("opt_out", customer_id, "opted_out", self.actor))
         finally:  # also on ErasureIncompleteError (opted out, a copy left in the WAL): fail closed
             self._end_live_calls(customer_id, CallStatus.OPTED_OUT, "the customer opted out during the call")
-            self._invalidate_cohort()
+            self.services.cohort.invalidate()
         return result
 
     def consent(self, customer_id: str) -> Consent | None:

@@ -128,7 +128,7 @@ from voiceauth.speech import SpeechGate, frame_length
 from voiceauth.store.base import AuditRecord
 
 if TYPE_CHECKING:
-    from voiceauth.facade import VoiceAuth
+    from voiceauth.services import Services
     from voiceauth.watchlist import Watchlist
 
 log = logging.getLogger(__name__)
@@ -490,9 +490,9 @@ class CallSession:
         self._flushed = False
         self._dropped_speech_s = 0.0
         self._evidence = _Evidence(settings.change_segments, np.zeros(pool.dim, dtype=np.float64))
-        self._decision_s = max(settings.min_decision_s, pool.va.policy.min_speech_s)
+        self._decision_s = max(settings.min_decision_s, pool.services.policy.min_speech_s)
         # spoof check: the voiced speech (input rate) not yet checked, in order; under _lock
-        self._spoof = pool.va.spoof if settings.spoof_check else None
+        self._spoof = pool.services.spoof if settings.spoof_check else None
         self._spoof_state = _Spoof.WAITING if self._spoof is not None and not self._discard else _Spoof.OFF
         frame = frame_length(sample_rate)  # whole gate frames, so the check sees the gate's frame grid
         self._spoof_len = max(1, -(-int(round(settings.spoof_window_s * sample_rate)) // frame)) * frame
@@ -844,7 +844,7 @@ class CallSession:
         """Fold one segment embedding into the evidence, score, screen and decide.
 
         Returns the callbacks to run (outside the locks)."""
-        va = self._pool.va
+        sv = self._pool.services
         with self._lock:
             if self._result.status in FINAL or self._done.is_set():
                 return []  # failed, erased or finished while the segment was in the model
@@ -867,8 +867,8 @@ class CallSession:
             speech_s = self._result.speech_s + segment.speech_s
             assert self._voiceprint is not None
             call_embedding = _unit(evidence.total)
-            score = va.scorer.score(
-                self._voiceprint, call_embedding, evidence.seconds, va._cohort_matrix(exclude=self.customer_id)
+            score = sv.scorer.score(
+                self._voiceprint, call_embedding, evidence.seconds, sv.cohort_matrix(exclude=self.customer_id)
             )
             if score.normalisation is Normalisation.RAW:
                 self._flags[Flag.SMALL_COHORT] = None
@@ -880,7 +880,7 @@ class CallSession:
     def _decide(self, llr: float, speech_s: float, normalisation: Normalisation) -> tuple[CallStatus, str]:
         settings = self._settings
         current = self._result.status
-        thresholds = self._pool.va.scorer.thresholds(normalisation)
+        thresholds = self._pool.services.scorer.thresholds(normalisation)
         accept = thresholds.accept_llr + settings.margin_llr(normalisation)
         if self._barred:
             return CallStatus.NOT_AUTHENTICATED, "authentication withdrawn"
@@ -1023,10 +1023,13 @@ class SessionPool:
     (embedded together) and a call's spoof check.
     """
 
-    def __init__(self, va: VoiceAuth, settings: SessionSettings | None = None) -> None:
-        self.va = va
+    def __init__(self, services: Services, settings: SessionSettings | None = None, *,
+                 watchlist: Watchlist | None = None) -> None:
+        self.services = services
         self.settings = settings or SessionSettings()
-        self.dim = int(getattr(va.embedder, "dim", 192))
+        self.watchlist = watchlist
+        """Screened by every call (unless ``start_call`` is given its own screens)."""
+        self.dim = int(getattr(services.embedder, "dim", 192))
         self._cond = threading.Condition()
         self._front: deque[CallSession] = deque()
         self._embed: deque[tuple[float, CallSession]] = deque()
@@ -1065,7 +1068,7 @@ class SessionPool:
         session = CallSession(
             self, customer_id, call_id=call_id or f"call-{uuid.uuid4().hex[:12]}", sample_rate=rate, encoding=enc,
             voiceprint=voiceprint, initial=initial, error=error, on_decision=on_decision, on_update=on_update,
-            screens=default_screens(self.settings, self.va.watchlist) if screens is None else screens,
+            screens=default_screens(self.settings, self.watchlist) if screens is None else screens,
         )
         if initial is not CallStatus.PENDING:
             result = session._result
@@ -1139,11 +1142,11 @@ class SessionPool:
     def _lookup(self, customer_id: str) -> tuple[np.ndarray | None, CallStatus, str | None]:
         from voiceauth.errors import NotEnrolledError
 
-        va = self.va
-        if va.store.is_opted_out(customer_id):
+        sv = self.services
+        if sv.store.is_opted_out(customer_id):
             return None, CallStatus.OPTED_OUT, None
         try:
-            voiceprint = va._load_voiceprint(customer_id)
+            voiceprint = sv.load_voiceprint(customer_id)
         except NotEnrolledError as exc:
             return None, CallStatus.NOT_ENROLLED, str(exc)
         return np.asarray(voiceprint.embedding, dtype=np.float32), CallStatus.PENDING, None
@@ -1176,7 +1179,7 @@ class SessionPool:
 
     def _warm_up(self) -> None:
         """Place the policy thresholds before the first call needs them (imports scipy.stats)."""
-        scorer = self.va.scorer
+        scorer = self.services.scorer
         for normalisation in scorer.calibrations.by_normalisation:
             scorer.thresholds(normalisation)
 
@@ -1318,13 +1321,13 @@ class SessionPool:
     def _embed_all(self, signals: list[np.ndarray], owners: list[CallSession]) -> list[np.ndarray | None]:
         """One embed call for the batch; on failure, one call per segment so only the bad call fails."""
         try:
-            return list(self.va.embedder.embed(signals))
+            return list(self.services.embedder.embed(signals))
         except Exception:  # noqa: BLE001
             return [self._embed_alone(sig, owner) for sig, owner in zip(signals, owners, strict=True)]
 
     def _embed_alone(self, signal: np.ndarray, owner: CallSession) -> np.ndarray | None:
         try:
-            return np.asarray(self.va.embedder.embed([signal]))[0]
+            return np.asarray(self.services.embedder.embed([signal]))[0]
         except Exception as exc:  # noqa: BLE001
             log.exception("live call %s: embedding failed", owner.call_id)
             _run_callbacks(owner._fail(_error_message("embedding the caller's speech", exc)))
@@ -1339,9 +1342,9 @@ class SessionPool:
 
     def _audit(self, result: CallResult) -> None:
         """Write the call_decision event; raises when the store cannot (callers fail closed)."""
-        va = self.va
-        va.store.audit(AuditRecord(
-            "call_decision", result.customer_id, result.status.value, va.actor,
+        sv = self.services
+        sv.store.audit(AuditRecord(
+            "call_decision", result.customer_id, result.status.value, sv.actor,
             {"call_id": result.call_id, "speech_s": result.speech_s, "llr": result.llr,
              "flags": ",".join(f.value for f in result.flags)},
         ))

@@ -36,7 +36,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,10 +46,8 @@ from voiceauth.evaluation import threshold_for_far
 from voiceauth.ids import canonical_id
 from voiceauth.results import WatchlistHit
 from voiceauth.scoring import MIN_COHORT, Normalisation, top_stats
+from voiceauth.services import AudioSource, Services, as_sources, prepare
 from voiceauth.store.base import AuditRecord, Builder, Namespace, Voiceprint, VoiceprintInfo
-
-if TYPE_CHECKING:
-    from voiceauth.facade import AudioSource, VoiceAuth
 
 DEFAULT_FALSE_HIT_RATE = 0.005
 MIN_WATCHLIST_SPEECH_S = 3.0
@@ -93,15 +90,18 @@ class _Snapshot:
 
 
 class Watchlist:
-    """``va.watchlist``: add, list, remove and screen known-fraudster voiceprints."""
+    """``va.watchlist``: add, list, remove and screen known-fraudster voiceprints.
 
-    def __init__(self, va: VoiceAuth, false_hit_rate: float = DEFAULT_FALSE_HIT_RATE, *,
+    ``services``: the store, model, scorer and cohort to use (``va.services``).
+    """
+
+    def __init__(self, services: Services, false_hit_rate: float = DEFAULT_FALSE_HIT_RATE, *,
                  normalise: bool = True, ttl_s: float = WATCHLIST_TTL_S) -> None:
         if not 0.0 < false_hit_rate < 1.0:
             raise VoiceAuthError(f"false_hit_rate must be strictly between 0 and 1, got {false_hit_rate}")
         if ttl_s < 0:
             raise VoiceAuthError(f"ttl_s must be >= 0, got {ttl_s}")
-        self._va = va
+        self._services = services
         self.false_hit_rate = false_hit_rate
         self.normalise = normalise
         self.ttl_s = ttl_s
@@ -117,35 +117,34 @@ class Watchlist:
         Raises NoSpeechError when the entry would hold under ``MIN_WATCHLIST_SPEECH_S`` of speech.
         """
         label = canonical_id(label, "watchlist label")
-        va = self._va
-        sources = va._as_sources(samples)
-        prepared = va._analyse(sources, None, None)
+        sv = self._services
+        prepared = prepare(as_sources(samples))
         if not prepared.speech:
             raise NoSpeechError(f"no usable speech in the recordings for watchlist entry {label}")
-        new = pool(va.embedder.embed(prepared.speech), [len(x) / MODEL_RATE for x in prepared.speech])
+        new = pool(sv.embedder.embed(prepared.speech), [len(x) / MODEL_RATE for x in prepared.speech])
         try:
-            vp = va.store.upsert(
+            vp = sv.store.upsert(
                 Namespace.WATCHLIST, label,
-                _screenable(builder(label, Namespace.WATCHLIST, va.embedder.model_id, new,
+                _screenable(builder(label, Namespace.WATCHLIST, sv.embedder.model_id, new,
                                     mode=EnrolMode.UPDATE if update else EnrolMode.NEW,
                                     required_s=MIN_WATCHLIST_SPEECH_S, meta={"reason": reason[:200]})),
-                event=AuditRecord("watchlist_add", label, "added", va.actor, {"speech_s": round(new.speech_s, 1)}),
+                event=AuditRecord("watchlist_add", label, "added", sv.actor, {"speech_s": round(new.speech_s, 1)}),
             )
         finally:
             self.clear_cache()
-        return next(i for i in va.store.list(Namespace.WATCHLIST) if i.subject_id == vp.subject_id)
+        return next(i for i in sv.store.list(Namespace.WATCHLIST) if i.subject_id == vp.subject_id)
 
     def remove(self, label: str) -> bool:
         label = canonical_id(label, "watchlist label")
-        va = self._va
+        sv = self._services
         try:
-            return va.store.delete(Namespace.WATCHLIST, label,
-                                   event=AuditRecord("watchlist_remove", label, "removed", va.actor))
+            return sv.store.delete(Namespace.WATCHLIST, label,
+                                   event=AuditRecord("watchlist_remove", label, "removed", sv.actor))
         finally:
             self.clear_cache()
 
     def list(self) -> list[VoiceprintInfo]:
-        return self._va.store.list(Namespace.WATCHLIST)
+        return self._services.store.list(Namespace.WATCHLIST)
 
     def clear_cache(self) -> None:
         """Drop the in-memory watchlist; the next screen reloads it from the store."""
@@ -167,7 +166,7 @@ class Watchlist:
             per_test = self.false_hit_rate / entries / len(tests)
             out: dict[Normalisation, float] = {}
             for kind in tests:
-                cal = self._va.scorer.calibrations.get(kind)
+                cal = self._services.scorer.calibrations.get(kind)
                 impostor = cal.trial_llrs()[~cal.labels]
                 out[kind] = max(threshold_for_far(impostor, max(per_test, 1.0 / len(impostor))), 0.0)
             self._thresholds[key] = out
@@ -179,7 +178,7 @@ class Watchlist:
 
     # -- screening ----------------------------------------------------------------------------
     def _can_normalise(self) -> bool:
-        return self.normalise and Normalisation.AS_NORM in self._va.scorer.calibrations.by_normalisation
+        return self.normalise and Normalisation.AS_NORM in self._services.scorer.calibrations.by_normalisation
 
     def _load(self) -> _Snapshot:
         """The cached watchlist, reloaded from the store when older than ``ttl_s``."""
@@ -187,13 +186,13 @@ class Watchlist:
             now = _clock()
             snap = self._snapshot
             if snap is None or now - snap.loaded_at > self.ttl_s:
-                va = self._va
-                ids, matrix = va.store.embeddings(Namespace.WATCHLIST, va.embedder.model_id)
-                reasons = {i.subject_id: i.meta.get("reason", "") for i in va.store.list(Namespace.WATCHLIST)} \
+                sv = self._services
+                ids, matrix = sv.store.embeddings(Namespace.WATCHLIST, sv.embedder.model_id)
+                reasons = {i.subject_id: i.meta.get("reason", "") for i in sv.store.list(Namespace.WATCHLIST)} \
                     if ids else {}
                 entry_stats = None
                 if ids and self._can_normalise():
-                    cohort = va._cohort_matrix(exclude="")
+                    cohort = sv.cohort_matrix(exclude="")
                     if len(cohort) >= MIN_COHORT:
                         # the entries' side of AS-norm: every customer is an impostor for an entry
                         entry_stats = top_stats(cohort @ matrix.T)
@@ -204,12 +203,12 @@ class Watchlist:
     def _margins(self, snap: _Snapshot, embedding: np.ndarray, speech_s: float,
                  customer_id: str | None) -> np.ndarray:
         """Per entry, the largest (LLR - threshold) over the tests: a hit where >= 0."""
-        scorer = self._va.scorer
+        scorer = self._services.scorer
         scores = snap.matrix @ embedding
         cohort = None
         if snap.entry_stats is not None:
             # the caller's side, without the claimed customer's own voiceprint (as verification)
-            cohort = self._va._cohort_matrix(exclude=customer_id or "")
+            cohort = self._services.cohort_matrix(exclude=customer_id or "")
             if len(cohort) < MIN_COHORT:
                 cohort = None
         th = self.thresholds(len(snap.ids), normalised=cohort is not None)
@@ -238,8 +237,8 @@ class Watchlist:
         if margins[best] < 0:
             return None
         label = snap.ids[best]
-        va = self._va
+        sv = self._services
         hit = WatchlistHit(label, round(float(snap.matrix[best] @ embedding), 4), snap.reasons.get(label, ""))
-        va.store.audit(AuditRecord("watchlist_hit", customer_id, label, va.actor,
+        sv.store.audit(AuditRecord("watchlist_hit", customer_id, label, sv.actor,
                                    {"score": hit.score, "speech_s": round(speech_s, 1)}))
         return hit
