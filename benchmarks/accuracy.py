@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from voiceauth.embedding import EcapaEmbedder
-from voiceauth.evaluation import error_rates
-from voiceauth.scoring import Calibration, CalibrationSet, Normalisation, Policy
+from voiceauth.embedding.ecapa import EcapaEmbedder
+from voiceauth.scoring.calibration import Calibration, CalibrationSet
+from voiceauth.scoring.normalisation import Normalisation
+from voiceauth.scoring.policy import Policy
+from voiceauth.scoring.statistics import error_rates
 from voiceauth.tools.bench import Bench, BenchSettings, Embedded, Split, TrialSet, split_corpus
 from voiceauth.tools.plots import plot_det
 from voiceauth.tools.samples import enrolment_meeting, meeting_speech, meetings

@@ -8,12 +8,15 @@ About 21 minutes on 2 shared cores (accuracy part on 1 thread; torch on 2 thread
 than on 1 when the other core is busy). With 80 genuine trials a condition, one missed
 genuine trial is 1.25 % FRR: EER differences under ~1 % are within a trial or two.
 
-Corpus: LibriSpeech test-other (10 speakers x 10 files; each speaker is enrolled on their
+Corpora: LibriSpeech test-other (10 speakers x 10 files; each speaker is enrolled on their
 first 2 files, every other file is a genuine trial for them and an impostor trial for the 9
 others) plus ``--impostors`` train-clean files drawn with a fixed seed (impostor trials for
-every enrolled speaker). Enrolment files go through the condition's channel at full length;
-test files through the channel and then, for ``<n>s`` conditions, cut to the shortest prefix
-holding ``n`` seconds of net speech (as benchmarks/accuracy.py).
+every enrolled speaker); and, for the ``meet-`` conditions, the speakerbox council-meeting
+speech (9 speakers enrolled on their files of one meeting, tested on their files of the
+others: cross-session, spontaneous speech with long pauses; files under 1 s left out).
+Enrolment files go through the condition's channel at full length; test files through the
+channel and then, for ``<n>s`` conditions, cut to the shortest prefix holding ``n`` seconds of
+net speech (as benchmarks/accuracy.py).
 
 Channels: ``clean``; ``mulaw`` / ``alaw`` (8 kHz, 300-3400 Hz, G.711 round trip); ``dtx``
 (every frame the VAD calls a pause set to exact zeros, as VoIP DTX without comfort noise);
@@ -23,10 +26,12 @@ Channels: ``clean``; ``mulaw`` / ``alaw`` (8 kHz, 300-3400 Hz, G.711 round trip)
 Systems, all scored by cosine against the mean enrolment embedding:
 
 * ``baseline``: SpeechBrain ``EncoderClassifier.encode_batch`` on the whole (degraded) file;
-* ``ecapa_vad``: voiceauth's front end (``speech.analyse``, speech frames only) + ECAPA (ONNX,
-  the same embedding space as :class:`voiceauth.embedding.EcapaEmbedder`; parity is checked);
-* ``ecapa_whole``: the whole file + ECAPA ONNX;
-* ``campplus_whole`` / ``campplus_vad``: CAM++ ONNX on the whole file / on the VAD speech.
+* ``ecapa``: voiceauth's front end (``speech.analyse(...).trimmed``: long non-speech out, short
+  pauses and word edges kept) + ECAPA on ONNX (the embedding space of
+  :class:`voiceauth.embedding.EcapaEmbedder`; parity is checked);
+* ``campplus``: the same front end + CAM++ on ONNX;
+* ``fusion``: the mean of the ``ecapa`` and ``campplus`` cosines;
+* ``ecapa_spliced`` (``--spliced``): the old front end, speech frames spliced together, + ECAPA.
 
 Speed: embeddings per second of 3 s speech segments, and the real-time factor, for
 SpeechBrain, ECAPA ONNX and CAM++ ONNX on 1 and 2 threads (warm models, one segment a call).
@@ -51,22 +56,12 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from voiceauth.audio import (
-    MODEL_RATE,
-    TELEPHONE_BAND_HZ,
-    TELEPHONE_RATE,
-    Audio,
-    add_noise,
-    alaw_decode,
-    alaw_encode,
-    load_audio,
-    mulaw_decode,
-    mulaw_encode,
-    resample,
-)
-from voiceauth.embedding import l2_normalise
-from voiceauth.evaluation import compute_metrics
-from voiceauth.speech import analyse, frame_length, speech_mask
+from voiceauth.audio.channel import TELEPHONE_BAND_HZ, TELEPHONE_RATE, add_noise
+from voiceauth.audio.decode import MODEL_RATE, Audio, load_audio, resample
+from voiceauth.audio.g711 import alaw_decode, alaw_encode, mulaw_decode, mulaw_encode
+from voiceauth.embedding.base import l2_normalise
+from voiceauth.scoring.statistics import compute_metrics
+from voiceauth.speech.activity import analyse, frame_length, speech_mask
 from voiceauth.tools.bench import crop_to_speech
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,13 +71,15 @@ SEED = 14
 ENROL_FILES = 2
 NOISE_SNR_DB = 20.0
 SPEED_SEGMENT_S = 3.0
-SYSTEMS = ("baseline", "ecapa_vad", "ecapa_whole", "campplus_whole", "campplus_vad")
-DEFAULT_SYSTEM = "campplus_vad"
-"""The candidate default engine the speed target refers to (CAM++ behind voiceauth's VAD)."""
+SYSTEMS = ("baseline", "ecapa", "campplus", "fusion")
+SPLICED = "ecapa_spliced"
+DEFAULT_SYSTEM = "campplus"
+"""The default engine (``voiceauth.services.engines.DEFAULT_MODEL``) the speed target refers to."""
 PHONE_3S = "mulaw-3s"
-CONDITIONS = ("clean-3s", "mulaw-3s", "clean-1s", "clean-2s", "alaw-3s", "dtx-3s", "noise-3s", "amr-3s", "gsm-3s",
-              "clean-full")
-"""Most telling first: results are written after each condition, so a cut-short run still reports them."""
+CONDITIONS = ("mulaw-3s", "amr-3s", "gsm-3s", "alaw-3s", "dtx-3s", "noise-3s", "clean-3s", "mulaw-2s", "mulaw-1s",
+              "clean-1s", "clean-2s", "clean-full", "meet-mulaw-3s", "meet-clean-3s", "meet-mulaw-full")
+"""Most telling first: results are written after each condition, so a cut-short run still reports them.
+``meet-`` conditions use the meeting speech; the others LibriSpeech."""
 SOX_CODECS = {"amr": ("amr-nb", ["-C", "7"]), "gsm": ("gsm", [])}
 """channel -> (SoX file type, encoder options): AMR-NB mode 7 is 12.2 kbit/s; GSM-FR is 13 kbit/s."""
 
@@ -165,8 +162,8 @@ def apply_channel(audio: Audio, channel: str, seed: int = 0) -> Audio:
 
 
 def parse_condition(name: str) -> tuple[str, float | None]:
-    """``"mulaw-3s"`` -> ("mulaw", 3.0); ``"clean-full"`` -> ("clean", None)."""
-    channel, length = name.split("-")
+    """``"mulaw-3s"`` -> ("mulaw", 3.0); ``"clean-full"`` -> ("clean", None); a ``meet-`` prefix is the corpus."""
+    channel, length = name.removeprefix("meet-").split("-")
     return channel, None if length == "full" else float(length.rstrip("s"))
 
 
@@ -176,11 +173,14 @@ def parse_condition(name: str) -> tuple[str, float | None]:
 class Engines:
     """The three models, each mapping one 16 kHz signal to a unit embedding."""
 
+    spliced = False
+    """Also embed the old front end's output (speech frames spliced) with ECAPA."""
+
     def __init__(self, threads: int) -> None:
         import torch
 
-        from voiceauth.embedding import EcapaEmbedder
-        from voiceauth.onnx_engine import OnnxEmbedder
+        from voiceauth.embedding.ecapa import EcapaEmbedder
+        from voiceauth.embedding.onnx import OnnxEmbedder
 
         torch.set_num_threads(threads)
         self.speechbrain = EcapaEmbedder().load()._model
@@ -195,18 +195,21 @@ class Engines:
         return l2_normalise(emb.squeeze().cpu().numpy())
 
     def embed(self, audio: Audio) -> dict[str, np.ndarray]:
-        """Every system's embedding of one (degraded) recording."""
-        speech = analyse(audio).speech.samples
-        if len(speech) == 0:  # no frame passed the VAD: the VAD systems see the whole file
-            speech = audio.samples
+        """Every system's embedding of one (degraded) recording (``fusion`` is scored from the other two)."""
+        analysis = analyse(audio)
+        heard = analysis.trimmed.samples
+        if len(heard) == 0:  # no frame passed the VAD: the front-end systems see the whole file
+            heard = audio.samples
         ecapa, campplus = self.onnx["ecapa"], self.onnx["campplus"]
-        return {
+        out = {
             "baseline": self.baseline(audio.samples),
-            "ecapa_vad": ecapa.embed([speech])[0],
-            "ecapa_whole": ecapa.embed([audio.samples])[0],
-            "campplus_whole": campplus.embed([audio.samples])[0],
-            "campplus_vad": campplus.embed([speech])[0],
+            "ecapa": ecapa.embed([heard])[0],
+            "campplus": campplus.embed([heard])[0],
         }
+        if self.spliced:
+            spliced = analysis.speech.samples
+            out[SPLICED] = ecapa.embed([spliced if len(spliced) else audio.samples])[0]
+        return out
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,23 @@ class Pool:
     enrol: dict[str, list[Path]]
     tests: dict[str, list[Path]]
     impostors: list[Path]
+
+
+def meeting_pool() -> Pool:
+    """The meeting speech: enrol each speaker on their files of the meeting most speakers talk in, test on the rest."""
+    from voiceauth.tools.samples import enrolment_meeting, meeting_speech, meetings
+
+    by_meeting = {m: {s: [f for f in files if sf.info(str(f)).duration >= 1.0] for s, files in speakers.items()}
+                  for m, speakers in meetings(meeting_speech()).items()}
+    enrol_in = enrolment_meeting(by_meeting)
+    enrol = dict(sorted(by_meeting[enrol_in].items()))
+    tests: dict[str, list[Path]] = {s: [] for s in enrol}
+    for meeting, speakers in sorted(by_meeting.items()):
+        if meeting != enrol_in:
+            for speaker, files in speakers.items():
+                if speaker in tests:
+                    tests[speaker] += files
+    return Pool(enrol, tests, [])
 
 
 def pool(impostors: int, seed: int = SEED) -> Pool:
@@ -244,7 +264,7 @@ def embeddings(engines: Engines, files: Sequence[Path], channel: str, test_s: fl
 
 
 def score_condition(engines: Engines, split: Pool, name: str, cache: Cache) -> dict[str, object]:
-    """EER and minDCF(0.01) of every system on one condition."""
+    """EER and minDCF(0.01) of every system on one condition (``split``: the condition's corpus)."""
     channel, test_s = parse_condition(name)
     enrolled = embeddings(engines, [p for f in split.enrol.values() for p in f], channel, None, cache)
     test_files = [p for f in split.tests.values() for p in f] + split.impostors
@@ -253,23 +273,31 @@ def score_condition(engines: Engines, split: Pool, name: str, cache: Cache) -> d
     trials = [(s, p) for p in test_files for s in split.enrol]
     labels = np.array([owner.get(p) == s for s, p in trials])
     out: dict[str, object] = {"trials": {"genuine": int(labels.sum()), "impostor": int((~labels).sum())}}
-    for system in SYSTEMS:
-        voiceprint = {s: l2_normalise(np.mean([enrolled[p][system] for p in files], axis=0))
-                      for s, files in split.enrol.items()}
-        scores = np.array([float(voiceprint[s] @ tested[p][system]) for s, p in trials])
-        m = compute_metrics(scores, labels)
+    scores: dict[str, np.ndarray] = {}
+    for system in systems(engines):
+        if system == "fusion":
+            scores[system] = (scores["ecapa"] + scores["campplus"]) / 2.0
+        else:
+            voiceprint = {s: l2_normalise(np.mean([enrolled[p][system] for p in files], axis=0))
+                          for s, files in split.enrol.items()}
+            scores[system] = np.array([float(voiceprint[s] @ tested[p][system]) for s, p in trials])
+        m = compute_metrics(scores[system], labels)
         out[system] = {"eer": round(m.eer, 5), "min_dcf_0.01": round(m.min_dcf_01, 4)}
     return out
 
 
+def systems(engines: Engines | None = None) -> tuple[str, ...]:
+    return (*SYSTEMS, SPLICED) if engines is not None and engines.spliced else SYSTEMS
+
+
 def parity(engines: Engines, files: Sequence[Path]) -> float:
     """Smallest cosine between voiceauth's torch ECAPA embedder and ECAPA ONNX on the same VAD speech."""
-    from voiceauth.embedding import EcapaEmbedder
+    from voiceauth.embedding.ecapa import EcapaEmbedder
 
     torch_ecapa = EcapaEmbedder()
     worst = 1.0
     for path in files:
-        speech = analyse(load_audio(path)).speech.samples
+        speech = analyse(load_audio(path)).trimmed.samples
         worst = min(worst, float(torch_ecapa.embed([speech])[0] @ engines.onnx["ecapa"].embed([speech])[0]))
     return round(worst, 6)
 
@@ -333,29 +361,38 @@ def summarise(conditions: dict[str, dict[str, object]], speeds: dict[str, object
         base = value(cond, "baseline")
         return round(value(cond, system) / base, 3) if base > 0 else (None if value(cond, system) > 0 else 1.0)
 
+    names = present(conditions)[1:]
+
     def everywhere(metric: str) -> list[str]:
-        return [s for s in SYSTEMS[1:] if all(value(c, s, metric) <= value(c, "baseline", metric) for c in conditions)]
+        return [s for s in names if all(value(c, s, metric) <= value(c, "baseline", metric) for c in conditions)]
 
     out: dict[str, object] = {
         "at_or_below_baseline_eer_everywhere": everywhere("eer"),
         "at_or_below_baseline_min_dcf_everywhere": everywhere("min_dcf_0.01"),
-        "eer_ratio_vs_baseline": {c: {s: ratio(c, s) for s in SYSTEMS[1:]} for c in conditions},
+        "eer_ratio_vs_baseline": {c: {s: ratio(c, s) for s in names} for c in conditions},
         "speed_vs_speechbrain": {t: {n: v["vs_speechbrain"] for n, v in r.items()}  # type: ignore[union-attr]
                                  for t, r in speeds.items()},
     }
     if PHONE_3S in conditions:
-        out["phone_3s_eer_ratio"] = {s: ratio(PHONE_3S, s) for s in SYSTEMS[1:]}
+        out["phone_3s_eer_ratio"] = {s: ratio(PHONE_3S, s) for s in names}
         out["phone_3s_target"] = "<= 0.7 x baseline EER"
     return out
 
 
+def present(conditions: dict[str, dict[str, object]]) -> tuple[str, ...]:
+    """The systems measured (the baseline first)."""
+    first = next(iter(conditions.values()), {})
+    return tuple(s for s in (*SYSTEMS, SPLICED) if s in first)
+
+
 def markdown(conditions: dict[str, dict[str, object]], speeds: dict[str, object]) -> str:
     """The README table: EER % / minDCF(0.01) per condition and system, then the speed table."""
-    head = "| condition | trials (gen/imp) | " + " | ".join(SYSTEMS) + " |"
-    lines = [head, "|" + " --- |" * (len(SYSTEMS) + 2)]
+    names = present(conditions)
+    head = "| condition | trials (gen/imp) | " + " | ".join(names) + " |"
+    lines = [head, "|" + " --- |" * (len(names) + 2)]
     for cond, res in conditions.items():
         trials = res["trials"]
-        cells = [f"{100 * res[s]['eer']:.2f} / {res[s]['min_dcf_0.01']:.3f}" for s in SYSTEMS]  # type: ignore[index]
+        cells = [f"{100 * res[s]['eer']:.2f} / {res[s]['min_dcf_0.01']:.3f}" for s in names]  # type: ignore[index]
         lines.append(f"| {cond} | {trials['genuine']}/{trials['impostor']} | " + " | ".join(cells) + " |")  # type: ignore[index]
     lines += ["", "| threads | engine | embeddings/s (3 s) | RTF | vs SpeechBrain |", "| --- | --- | --- | --- | --- |"]
     for threads, rates in speeds.items():
@@ -373,9 +410,10 @@ def plot(conditions: dict[str, dict[str, object]], path: Path) -> None:
     fig = Figure(figsize=(max(8.0, 1.1 * len(conditions)), 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    width = 0.8 / len(SYSTEMS)
+    names = present(conditions)
+    width = 0.8 / len(names)
     x = np.arange(len(conditions))
-    for i, system in enumerate(SYSTEMS):
+    for i, system in enumerate(names):
         values = [100 * float(r[system]["eer"]) for r in conditions.values()]  # type: ignore[index]
         ax.bar(x - 0.4 + (i + 0.5) * width, values, width, label=system,
                color="lightgrey" if system == "baseline" else None, edgecolor="black" if system == "baseline" else None,
@@ -414,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="clean channel only, 10 impostor files")
     parser.add_argument("--impostors", type=int, default=10, help="train-clean impostor files (default 10)")
     parser.add_argument("--threads", type=int, default=1, help="threads for the accuracy part (default 1)")
+    parser.add_argument("--spliced", action="store_true", help="also the old front end (speech spliced) + ECAPA")
+    parser.add_argument("--conditions", help="comma-separated subset of the conditions (default: all)")
     parser.add_argument("--speed-only", action="store_true",
                         help="re-measure only the speed part (e.g. on an idle machine) into the existing engine.json")
     args = parser.parse_args(argv)
@@ -421,14 +461,22 @@ def main(argv: list[str] | None = None) -> int:
         return speed_only()
     started, load_start = time.time(), os.getloadavg()
     split = pool(10 if args.quick else args.impostors)
-    names = [c for c in CONDITIONS if not args.quick or c.startswith("clean")]
+    names = args.conditions.split(",") if args.conditions else [c for c in CONDITIONS
+                                                                 if not args.quick or c.startswith("clean")]
+    unknown = [c for c in names if c not in CONDITIONS]
+    if unknown:
+        parser.error(f"unknown conditions {unknown}; choose from {', '.join(CONDITIONS)}")
+    meeting = meeting_pool() if any(c.startswith("meet-") for c in names) else None
     skipped = {c: "SoX cannot encode this codec here (apt-get install sox libsox-fmt-all)"
                for c in names if parse_condition(c)[0] in SOX_CODECS and not sox_codec_available(parse_condition(c)[0])}
     speeds = speed(segments([p for f in split.tests.values() for p in f], 16))
     engines = Engines(args.threads)
+    engines.spliced = args.spliced
     result: dict[str, object] = {
         "settings": {"seed": SEED, "enrol_files": ENROL_FILES, "speakers": len(split.enrol),
                      "train_clean_impostors": len(split.impostors), "noise_snr_db": NOISE_SNR_DB,
+                     "meeting_speakers": len(meeting.enrol) if meeting else 0,
+                     "front_end": "speech.analyse(...).trimmed: long non-speech out, short pauses and word edges kept",
                      "threads_accuracy": args.threads, "scoring": "cosine vs mean enrolment embedding",
                      "default_system": DEFAULT_SYSTEM},
         "skipped_conditions": skipped,
@@ -439,9 +487,10 @@ def main(argv: list[str] | None = None) -> int:
     conditions: dict[str, dict[str, object]] = {}
     for name in (c for c in names if c not in skipped):
         t0 = time.time()
-        conditions[name] = score_condition(engines, split, name, cache)
+        corpus = meeting if name.startswith("meet-") and meeting is not None else split
+        conditions[name] = score_condition(engines, corpus, name, cache)
         print(f"{name}: {time.time() - t0:.0f} s " + ", ".join(
-            f"{s} {100 * conditions[name][s]['eer']:.2f}%" for s in SYSTEMS), flush=True)  # type: ignore[index]
+            f"{s} {100 * conditions[name][s]['eer']:.2f}%" for s in systems(engines)), flush=True)  # type: ignore[index]
         result |= {
             "machine": {"cpus": os.cpu_count(), "load_avg_at_start": load_start, "load_avg_now": os.getloadavg(),
                         "wall_s": round(time.time() - started)},

@@ -32,18 +32,19 @@ from pathlib import Path
 
 import numpy as np
 
-from voiceauth.audio import MODEL_RATE, Audio, load_audio, resample, telephone_channel
-from voiceauth.crypto import KeyRing
-from voiceauth.enrolment import MIN_SAMPLE_SPEECH_S
+from voiceauth.audio.channel import telephone_channel
+from voiceauth.audio.decode import MODEL_RATE, Audio, load_audio, resample
+from voiceauth.client import VoiceAuth
 from voiceauth.errors import NoSpeechError
-from voiceauth.evaluation import clopper_pearson, eer
-from voiceauth.facade import VoiceAuth
+from voiceauth.fraud.spoof import DEFAULT_THRESHOLD
+from voiceauth.fraud.watchlist import Watchlist
 from voiceauth.results import Probe
-from voiceauth.scoring import Normalisation
-from voiceauth.spoof import DEFAULT_THRESHOLD
+from voiceauth.scoring.normalisation import Normalisation
+from voiceauth.scoring.statistics import clopper_pearson, eer
+from voiceauth.services.enrolment import MIN_SAMPLE_SPEECH_S
 from voiceauth.store.base import Consent
+from voiceauth.store.crypto import KeyRing
 from voiceauth.store.sqlite import SQLiteStore
-from voiceauth.watchlist import Watchlist
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "corpora" / "librispeech-samples"

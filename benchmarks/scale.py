@@ -34,8 +34,8 @@ SEGMENT_S = 3.0
 
 def speech_segments(count: int) -> list[np.ndarray]:
     """``count`` segments of 3 s of net speech, round-robin over the test-other speakers."""
-    from voiceauth.audio import MODEL_RATE, load_audio
-    from voiceauth.speech import analyse
+    from voiceauth.audio.decode import MODEL_RATE, load_audio
+    from voiceauth.speech.activity import analyse
 
     length = int(SEGMENT_S * MODEL_RATE)
     per_speaker: list[list[np.ndarray]] = []
@@ -60,7 +60,7 @@ def rate(count: int, seconds: float) -> float:
 def in_process(segments: list[np.ndarray]) -> tuple[dict[str, Any], np.ndarray]:
     import torch
 
-    from voiceauth.embedding import EcapaEmbedder
+    from voiceauth.embedding.ecapa import EcapaEmbedder
 
     embedder = EcapaEmbedder().load()
     embedder.embed(segments[:4])  # warm-up
@@ -80,7 +80,7 @@ def in_process(segments: list[np.ndarray]) -> tuple[dict[str, Any], np.ndarray]:
 
 def ray_service(segments: list[np.ndarray], reference: np.ndarray, replicas: int, threads: int,
                 clients: int) -> dict[str, Any]:
-    from voiceauth.serving import RayEmbedder, deploy_embedding_service, shutdown_embedding_service
+    from voiceauth.embedding.remote import RayEmbedder, deploy_embedding_service, shutdown_embedding_service
 
     start = time.perf_counter()
     deploy_embedding_service(replicas=replicas, num_cpus_per_replica=threads, torch_threads=threads,
@@ -100,9 +100,9 @@ def ray_service(segments: list[np.ndarray], reference: np.ndarray, replicas: int
 
 
 def bulk(files_per_speaker: int, speakers: int, workers: int, workdir: Path) -> dict[str, Any]:
-    from voiceauth.audio import load_audio
-    from voiceauth.bulk import ManifestRow, enroll_manifest
-    from voiceauth.facade import VoiceAuth
+    from voiceauth.audio.decode import load_audio
+    from voiceauth.client import VoiceAuth
+    from voiceauth.services.bulk import ManifestRow, enroll_manifest
 
     rows = [ManifestRow(f"spk-{d.name}", str(f), "benchmark", "v1", "scale.py")
             for d in sorted(p for p in (SHARED / "test-other").iterdir() if p.is_dir())[:speakers]

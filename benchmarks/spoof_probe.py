@@ -125,8 +125,9 @@ def eer(bona: np.ndarray, spoof: np.ndarray) -> float:
 def run(args: argparse.Namespace) -> None:
     if str(ROOT) not in sys.path:  # runnable from a checkout without installing the package
         sys.path.insert(0, str(ROOT))
-    from voiceauth.audio import load_audio, resample, telephone_channel
-    from voiceauth.spoof import DEFAULT_THRESHOLD, SpoofDetector
+    from voiceauth.audio.channel import telephone_channel
+    from voiceauth.audio.decode import load_audio, resample
+    from voiceauth.fraud.spoof import DEFAULT_THRESHOLD, SpoofDetector
 
     detector = SpoofDetector().load()
     bona_files = sorted((CORPUS / "test-other").rglob("*.flac"))

@@ -59,9 +59,10 @@ def lead_ins(rate: int) -> dict[str, np.ndarray]:
 def run(args: argparse.Namespace) -> None:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from voiceauth.audio import Audio, load_audio, resample, telephone_channel
-    from voiceauth.spoof import MODEL_RATE, WINDOW_SAMPLES, SpoofDetector
-    from voiceauth.spoof_net import repeat_to_length
+    from voiceauth.audio.channel import telephone_channel
+    from voiceauth.audio.decode import Audio, load_audio, resample
+    from voiceauth.fraud.aasist import repeat_to_length
+    from voiceauth.fraud.spoof import MODEL_RATE, WINDOW_SAMPLES, SpoofDetector
 
     detector = SpoofDetector().load()
 
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
         return float(detector.network_scores(repeat_to_length(wave, WINDOW_SAMPLES)[None])[0])
 
     def record(audio: Audio) -> dict[str, object]:
-        from voiceauth.speech import analyse
+        from voiceauth.speech.activity import analyse
 
         speech = analyse(audio).speech
         return {"first_raw": first_raw(audio),
@@ -146,7 +147,7 @@ def main() -> None:
     if args.summarise:
         if str(ROOT) not in sys.path:
             sys.path.insert(0, str(ROOT))
-        from voiceauth.spoof import configured_threshold
+        from voiceauth.fraud.spoof import configured_threshold
 
         write(args.summarise, json.loads(args.summarise.read_text()), configured_threshold())
     else:

@@ -51,15 +51,17 @@ from typing import Any
 
 import numpy as np
 
-from voiceauth.audio import load_audio, mulaw_decode, mulaw_encode, telephone_channel
-from voiceauth.embedding import EcapaEmbedder
+from voiceauth.audio.channel import telephone_channel
+from voiceauth.audio.decode import load_audio
+from voiceauth.audio.g711 import mulaw_decode, mulaw_encode
+from voiceauth.client import VoiceAuth
+from voiceauth.embedding.ecapa import EcapaEmbedder
 from voiceauth.errors import NoSpeechError
-from voiceauth.facade import VoiceAuth
+from voiceauth.fraud.spoof import SpoofDetector, SpoofResult
+from voiceauth.live import CallResult, CallStatus, SessionPool, SessionSettings
 from voiceauth.results import Flag
-from voiceauth.scoring import Normalisation
-from voiceauth.session import CallResult, CallStatus, SessionPool, SessionSettings
-from voiceauth.speech import SpeechGate
-from voiceauth.spoof import SpoofDetector, SpoofResult
+from voiceauth.scoring.normalisation import Normalisation
+from voiceauth.speech.activity import SpeechGate
 from voiceauth.store.base import Consent
 from voiceauth.tools.samples import enrolment_meeting, meeting_speech, meetings
 
@@ -537,7 +539,7 @@ def main() -> None:
             runs = run_corpus(va, name, enrolled, calls, splice=name == "librispeech")
             thresholds = va.thresholds()
             decision_s = max(settings.min_decision_s, va.policy.min_speech_s)
-            accept = thresholds.accept_llr + settings.margin_llr(Normalisation.AS_NORM)
+            accept = thresholds.accept_llr + settings.margins.for_(Normalisation.AS_NORM)
             result = summarise(runs, accept, decision_s)
             result["margin_sweep"] = sweep(runs.genuine, runs.impostor, thresholds.accept_llr, decision_s)
             result["enrolled"] = len(enrolled)

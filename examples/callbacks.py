@@ -13,8 +13,10 @@ import queue
 import time
 
 from voiceauth import VoiceAuth
-from voiceauth.audio import load_audio, mulaw_encode, telephone_channel
-from voiceauth.session import CallResult, CallStatus
+from voiceauth.audio.channel import telephone_channel
+from voiceauth.audio.decode import load_audio
+from voiceauth.audio.g711 import mulaw_encode
+from voiceauth.live import CallResult, CallStatus
 
 
 def main() -> None:

@@ -14,8 +14,10 @@ import argparse
 import time
 
 from voiceauth import VoiceAuth
-from voiceauth.audio import alaw_encode, load_audio, mulaw_encode, telephone_channel
-from voiceauth.session import CallResult
+from voiceauth.audio.channel import telephone_channel
+from voiceauth.audio.decode import load_audio
+from voiceauth.audio.g711 import alaw_encode, mulaw_encode
+from voiceauth.live import CallResult
 
 FRAME_S = 0.02
 RATE = 8000

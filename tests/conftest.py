@@ -43,7 +43,7 @@ def isolated_keys(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
 @pytest.fixture(scope="session")
 def embedder():  # noqa: ANN201 - EcapaEmbedder, imported lazily
     """The real ECAPA model, loaded once per test session."""
-    from voiceauth.embedding import EcapaEmbedder
+    from voiceauth.embedding.ecapa import EcapaEmbedder
 
     return EcapaEmbedder().load()
 
@@ -58,7 +58,7 @@ def consent():  # noqa: ANN201
 @pytest.fixture
 def make_client(tmp_path: Path, embedder) -> Iterator[Callable[..., object]]:  # noqa: ANN001
     """Factory for VoiceAuth clients on a fresh SQLite file in tmp_path, sharing the loaded model."""
-    from voiceauth.facade import VoiceAuth
+    from voiceauth.client import VoiceAuth
 
     made: list[VoiceAuth] = []
 
@@ -112,3 +112,14 @@ def _no_speechbrain_lazy_proxies() -> None:
     for name, module in list(sys.modules.items()):
         if isinstance(module, lazy) and vars(module).get("lazy_module") is None:
             del sys.modules[name]
+
+
+# Fixtures that load a real model or start a real server: a test using any of them (directly or
+# through another fixture) is an integration test. `make test-unit` runs the rest, on stand-ins.
+INTEGRATION_FIXTURES = frozenset({"embedder", "make_client", "speak", "pg_url", "postgres", "real", "detector"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.integration)

@@ -13,21 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from voiceauth.audio import (
-    MODEL_RATE,
-    Audio,
-    Encoding,
-    add_noise,
-    alaw_decode,
-    alaw_encode,
-    crop,
-    decode_bytes,
-    load_audio,
-    mulaw_decode,
-    mulaw_encode,
-    resample,
-    telephone_channel,
-)
+from voiceauth.audio.channel import add_noise, crop, telephone_channel
+from voiceauth.audio.decode import MODEL_RATE, Audio, Encoding, decode_bytes, load_audio, resample
+from voiceauth.audio.g711 import alaw_decode, alaw_encode, mulaw_decode, mulaw_encode
 from voiceauth.errors import AudioDecodeError, NoSpeechError, VoiceAuthError
 
 Codec = Callable[[np.ndarray], np.ndarray]

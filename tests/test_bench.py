@@ -12,6 +12,8 @@ from voiceauth.cli import EXIT_ERROR, EXIT_OK, main
 from voiceauth.errors import CorpusError
 from voiceauth.tools.bench import split_corpus
 
+pytestmark = pytest.mark.integration  # real model, processes or external tools
+
 
 @pytest.fixture
 def corpus(tmp_path, speakers) -> Path:  # noqa: ANN001

@@ -8,6 +8,8 @@ import pytest
 
 from voiceauth.cli import EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_OK, EXIT_OPTED_OUT, EXIT_REJECT, main
 
+pytestmark = pytest.mark.integration  # real model, processes or external tools
+
 CONSENT = ["--consent-channel", "ivr", "--consent-notice", "v3", "--consent-by", "agent-17"]
 
 

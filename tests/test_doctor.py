@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from voiceauth import doctor
+from voiceauth.embedding import stack
 from voiceauth.errors import SpeechStackError, VoiceAuthError
+
+pytestmark = pytest.mark.integration  # real model, processes or external tools
 
 BROKEN_LIB = (
     "Could not load this library: /venv/torchaudio/lib/libtorchaudio.so: "
@@ -59,7 +62,7 @@ def test_doctor_reports_mismatched_torchaudio_release(tmp_path: Path) -> None:
 def test_first_model_load_raises_speech_stack_error(tmp_path: Path) -> None:
     env = _stand_in(tmp_path, f"raise OSError({BROKEN_LIB!r})\n")
     script = textwrap.dedent("""
-        from voiceauth.embedding import EcapaEmbedder
+        from voiceauth.embedding.ecapa import EcapaEmbedder
         from voiceauth.errors import SpeechStackError
         try:
             EcapaEmbedder().load()
@@ -88,16 +91,16 @@ def test_cli_identify_with_broken_stack_exits_2_without_traceback(
 
 
 def test_guard_passes_on_this_installation() -> None:
-    doctor.ensure_speech_stack()
-    assert all(c.ok for c in doctor.check_speech_stack())
+    stack.ensure_speech_stack()
+    assert all(c.ok for c in stack.check_speech_stack())
 
 
 def test_guard_error_is_a_voiceauth_error_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(doctor, "_STACK_OK", False)
-    monkeypatch.setattr(doctor, "check_speech_stack",
-                        lambda: [doctor.Check("torchaudio", False, "cannot be imported", doctor.REINSTALL)])
+    monkeypatch.setattr(stack, "_STACK_OK", False)
+    monkeypatch.setattr(stack, "check_speech_stack",
+                        lambda: [doctor.Check("torchaudio", False, "cannot be imported", stack.REINSTALL)])
     with pytest.raises(SpeechStackError, match="make clean setup") as info:
-        doctor.ensure_speech_stack()
+        stack.ensure_speech_stack()
     assert isinstance(info.value, VoiceAuthError)
 
 
@@ -107,7 +110,7 @@ def test_guard_error_is_a_voiceauth_error_with_the_fix(monkeypatch: pytest.Monke
     ("2.10.0+cpu", "2.11.0", False),
 ])
 def test_release_pairing(torch_v: str, audio_v: str, ok: bool) -> None:
-    assert (doctor._release(torch_v) == doctor._release(audio_v)) is ok
+    assert (stack._release(torch_v) == stack._release(audio_v)) is ok
 
 
 def test_key_file_readable_by_others_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

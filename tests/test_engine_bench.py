@@ -10,8 +10,10 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from voiceauth.audio import MODEL_RATE, Audio, load_audio
-from voiceauth.speech import FRAME_S, analyse, frame_length, speech_mask
+from voiceauth.audio.decode import MODEL_RATE, Audio, load_audio
+from voiceauth.speech.activity import FRAME_S, analyse, frame_length, speech_mask
+
+pytestmark = pytest.mark.integration  # real model, processes or external tools
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "engine.py"
 
@@ -82,6 +84,7 @@ def test_mobile_codecs(bench: ModuleType, clip: Audio, channel: str) -> None:
 def test_parse_condition(bench: ModuleType) -> None:
     assert bench.parse_condition("mulaw-3s") == ("mulaw", 3.0)
     assert bench.parse_condition("clean-full") == ("clean", None)
+    assert bench.parse_condition("meet-mulaw-3s") == ("mulaw", 3.0)  # the corpus prefix is not the channel
     assert bench.PHONE_3S in bench.CONDITIONS
     for name in bench.CONDITIONS:
         channel, _ = bench.parse_condition(name)
@@ -106,3 +109,23 @@ def test_crops_hold_that_much_net_speech(bench: ModuleType, clip: Audio, seconds
         kept = len(cut.samples) // frame_length(audio.sample_rate)
         assert len(cut.samples) < len(audio.samples)
         assert mask[:kept].sum() * FRAME_S == pytest.approx(seconds)
+
+
+def test_meeting_pool_is_cross_session(bench: ModuleType) -> None:
+    from voiceauth.models import cache_root
+
+    if not (cache_root() / "samples" / "speakerbox-diarized").is_dir():
+        pytest.skip("meeting speech not extracted here (python -m voiceauth.tools.samples)")
+    split = bench.meeting_pool()
+    assert len(split.enrol) >= 5 and sum(map(len, split.tests.values())) >= 30
+    for speaker, files in split.enrol.items():
+        meetings = {p.parent.parent.name for p in files}
+        assert len(meetings) == 1 and files  # enrolled in one meeting...
+        assert not meetings & {p.parent.parent.name for p in split.tests[speaker]}  # ...tested in the others
+
+
+def test_systems_hear_the_front_end_not_the_spliced_speech(bench: ModuleType, clip: Audio) -> None:
+    """``ecapa`` / ``campplus`` embed ``analyse().trimmed``: longer than the spliced speech frames."""
+    analysis = analyse(clip)
+    assert len(analysis.speech.samples) < len(analysis.trimmed.samples) <= len(clip.samples)
+    assert bench.DEFAULT_SYSTEM in bench.SYSTEMS and "fusion" in bench.SYSTEMS

@@ -10,10 +10,12 @@ import soundfile as sf
 
 torch = pytest.importorskip("torch")
 
-from voiceauth.campplus_net import CamPlusPlus, load_campplus, segment_means  # noqa: E402
+from voiceauth.embedding.campplus import CamPlusPlus, load_campplus, segment_means  # noqa: E402
+from voiceauth.embedding.fbank import kaldi_fbank  # noqa: E402
 from voiceauth.errors import AudioError, ModelError  # noqa: E402
-from voiceauth.fbank import kaldi_fbank  # noqa: E402
 from voiceauth.models import CAMPPLUS, resolve  # noqa: E402
+
+pytestmark = pytest.mark.integration  # real model, processes or external tools
 
 WEIGHTS = "campplus_cn_en_common.pt"
 

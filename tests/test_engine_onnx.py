@@ -15,11 +15,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voiceauth.embedding import Embedder
-from voiceauth.errors import AudioError, ModelChecksumError, ModelError, ModelUnavailableError
-from voiceauth.fbank import speechbrain_fbank
-from voiceauth.models import resolve
-from voiceauth.onnx_engine import (
+from voiceauth.embedding.base import Embedder
+from voiceauth.embedding.fbank import speechbrain_fbank
+from voiceauth.embedding.onnx import (
     CAMPPLUS_ONNX,
     ECAPA_ONNX,
     ENGINES,
@@ -27,6 +25,10 @@ from voiceauth.onnx_engine import (
     _torch_network,
     export_onnx,
 )
+from voiceauth.errors import AudioError, ModelChecksumError, ModelError, ModelUnavailableError
+from voiceauth.models import resolve
+
+pytestmark = pytest.mark.integration  # real model, processes or external tools
 
 PARITY = 0.9999
 
@@ -172,7 +174,7 @@ def test_unknown_engine_is_refused() -> None:
 _NO_TORCH = """
 import json, sys
 import soundfile as sf
-from voiceauth.onnx_engine import OnnxEmbedder
+from voiceauth.embedding.onnx import OnnxEmbedder
 audio = sf.read(sys.argv[1], dtype="float32")[0]
 out = {name: OnnxEmbedder(name).embed([audio])[0].tolist() for name in ("campplus", "ecapa")}
 out["torch_modules"] = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "speechbrain")))
@@ -197,7 +199,7 @@ def test_onnx_embed_does_not_import_torch(use_cache: Path, speakers: dict[str, l
 @pytest.mark.parametrize("bad", [np.zeros(0, np.float32), np.full(800, np.nan, np.float32), np.zeros((2, 800))])
 def test_every_embedder_refuses_unusable_input_before_the_model(bad: np.ndarray) -> None:
     """Both engines share one input check: an empty signal used to crash EcapaEmbedder with a ValueError."""
-    from voiceauth.embedding import EcapaEmbedder
+    from voiceauth.embedding.ecapa import EcapaEmbedder
 
     for embedder in (EcapaEmbedder(), OnnxEmbedder("campplus")):
         with pytest.raises(AudioError, match="non-empty, finite 1-D"):

@@ -1,4 +1,4 @@
-"""Speaker models chosen by name (voiceauth.engines): facade, CLI, `models pull`, calibration and bench."""
+"""Speaker models chosen by name (voiceauth.services.engines): facade, CLI, `models pull`, calibration and bench."""
 
 from __future__ import annotations
 
@@ -13,15 +13,18 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from voiceauth import engines  # noqa: E402
 from voiceauth.cli import EXIT_ERROR, EXIT_OK, MODEL_NAMES, main  # noqa: E402
-from voiceauth.embedding import EcapaEmbedder  # noqa: E402
+from voiceauth.client import VoiceAuth  # noqa: E402
+from voiceauth.decision import Decision  # noqa: E402
+from voiceauth.embedding.ecapa import EcapaEmbedder  # noqa: E402
+from voiceauth.embedding.onnx import CAMPPLUS_ONNX, ENGINES, OnnxEmbedder  # noqa: E402
 from voiceauth.errors import CalibrationError, ModelError, ModelMismatchError, ModelUnavailableError  # noqa: E402
-from voiceauth.facade import VoiceAuth  # noqa: E402
 from voiceauth.models import CAMPPLUS, ECAPA, resolve  # noqa: E402
-from voiceauth.onnx_engine import CAMPPLUS_ONNX, ENGINES, OnnxEmbedder  # noqa: E402
-from voiceauth.scoring import Calibration, CalibrationSet, Decision  # noqa: E402
+from voiceauth.scoring.calibration import Calibration, CalibrationSet
+from voiceauth.services import engines
 from voiceauth.tools.bench import Report, compare  # noqa: E402
+
+pytestmark = pytest.mark.integration  # real model, processes or external tools
 
 
 def calibration_for(model_id: str, path: Path) -> Path:
@@ -101,7 +104,7 @@ def test_voiceprint_of_one_model_is_never_scored_by_another(
 
 _NO_TORCH = """
 import json, sys
-from voiceauth.facade import VoiceAuth
+from voiceauth.client import VoiceAuth
 from voiceauth.store.base import Consent
 
 store, calibration, enrol, genuine, impostor = sys.argv[1:6]

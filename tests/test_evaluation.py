@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from voiceauth.errors import CalibrationError
-from voiceauth.evaluation import (
+from voiceauth.scoring.statistics import (
     Interval,
     Metrics,
     OperatingPoint,
@@ -26,6 +26,8 @@ from voiceauth.evaluation import (
     threshold_for_frr,
 )
 from voiceauth.tools.plots import plot_det, plot_score_histograms
+
+pytestmark = pytest.mark.integration  # real model, processes or external tools
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

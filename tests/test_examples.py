@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # real model, processes or external tools
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -36,8 +38,9 @@ def test_quickstart_accepts_the_customer_and_not_the_impostor(env: dict[str, str
 
 def test_live_call_examples(env: dict[str, str], tmp_path: Path, speakers: dict[str, list[Path]],
                             consent) -> None:  # noqa: ANN001
-    from voiceauth.audio import load_audio, telephone_channel
-    from voiceauth.facade import VoiceAuth
+    from voiceauth.audio.channel import telephone_channel
+    from voiceauth.audio.decode import load_audio
+    from voiceauth.client import VoiceAuth
 
     store = tmp_path / "ivr.db"
     customer = sorted(speakers)[0]

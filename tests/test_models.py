@@ -10,6 +10,8 @@ import pytest
 from voiceauth.errors import ModelChecksumError, ModelUnavailableError
 from voiceauth.models import ECAPA, cache_root, resolve, verify
 
+pytestmark = pytest.mark.integration  # real model, processes or external tools
+
 
 @pytest.fixture(scope="module")
 def ecapa_dir() -> Path:

@@ -50,7 +50,7 @@ def test_no_audio_or_embedding_written(tmp_path, monkeypatch, speakers, embedder
     assert main(["verify", spk, str(probe)]) == 0
     assert main(["identify", str(probe)]) == 0
 
-    from voiceauth.facade import VoiceAuth
+    from voiceauth.client import VoiceAuth
     from voiceauth.store.base import Namespace
 
     with VoiceAuth("voiceprints.db", embedder=embedder) as va:

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voiceauth.bulk import ManifestRow, enroll_manifest, read_manifest
-from voiceauth.cli import enroll_batch_command
+from voiceauth.cli.admin import enroll_batch_command
 from voiceauth.errors import CorpusError
+from voiceauth.services.bulk import ManifestRow, enroll_manifest, read_manifest
 
 pytestmark = [
     # Ray's own modules warn about their internals; our code must stay warning-free
@@ -53,8 +53,8 @@ def ray_cluster() -> Iterator[None]:
 
 
 def test_ray_embedder_matches_in_process_model(ray_cluster: None, embedder, speakers) -> None:  # noqa: ANN001
-    from voiceauth.audio import load_audio
-    from voiceauth.serving import RayEmbedder, deploy_embedding_service
+    from voiceauth.audio.decode import load_audio
+    from voiceauth.embedding.remote import RayEmbedder, deploy_embedding_service
 
     deploy_embedding_service(replicas=1, max_batch_size=4, batch_wait_timeout_s=0.05)
     remote = RayEmbedder("ray://local")
@@ -82,8 +82,8 @@ def test_ray_embedder_matches_in_process_model(ray_cluster: None, embedder, spea
 
 
 def test_facade_scores_through_the_ray_service(ray_cluster: None, tmp_path: Path, speakers, consent) -> None:  # noqa: ANN001
-    from voiceauth.facade import VoiceAuth
-    from voiceauth.scoring import Decision
+    from voiceauth.client import VoiceAuth
+    from voiceauth.decision import Decision
 
     speaker = sorted(speakers)[1]
     with VoiceAuth(tmp_path / "vp.db", embedder="ray://local") as va:
@@ -94,7 +94,7 @@ def test_facade_scores_through_the_ray_service(ray_cluster: None, tmp_path: Path
 
 
 def test_bulk_enrolment_as_ray_data_job(ray_cluster: None, tmp_path: Path, speakers, embedder) -> None:  # noqa: ANN001
-    from voiceauth.facade import VoiceAuth
+    from voiceauth.client import VoiceAuth
     from voiceauth.store.base import Namespace
 
     manifest = _manifest(tmp_path / "manifest.csv", speakers, count=3, files=3)
@@ -147,7 +147,7 @@ def test_manifest_parsing(tmp_path: Path) -> None:
 
 
 def test_bulk_needs_consent_unless_legacy_migration(tmp_path: Path, speakers, embedder) -> None:  # noqa: ANN001
-    from voiceauth.facade import VoiceAuth
+    from voiceauth.client import VoiceAuth
 
     manifest = _manifest(tmp_path / "m.csv", speakers, count=1, files=3, consent=False)
     with VoiceAuth(tmp_path / "vp.db", embedder=embedder) as va:

@@ -7,18 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from voiceauth.decision import Decision, decide
 from voiceauth.errors import CalibrationError
-from voiceauth.scoring import (
-    MIN_TRIALS_PER_CLASS,
-    Calibration,
-    CalibrationSet,
-    Decision,
-    Normalisation,
-    Policy,
-    Scorer,
-    as_norm,
-    default_calibration,
-)
+from voiceauth.scoring.calibration import MIN_TRIALS_PER_CLASS, Calibration, CalibrationSet, default_calibration
+from voiceauth.scoring.normalisation import Normalisation, as_norm
+from voiceauth.scoring.policy import Policy
+from voiceauth.scoring.scorer import Scorer
 from voiceauth.tools.bench import fit_calibrations, read_trials
 
 
@@ -100,11 +94,12 @@ def test_scorer_decides_inconclusive_on_too_little_speech() -> None:
     a[0] = 1.0
     score = scorer.score(a, a, 10.0, None)
     assert score.normalisation is Normalisation.RAW
-    assert scorer.decide(score, 10.0) is Decision.ACCEPT
-    assert scorer.decide(score, 1.0) is Decision.INCONCLUSIVE
+    th, min_s = scorer.thresholds(Normalisation.RAW), scorer.policy.min_speech_s
+    assert decide(score.llr, 10.0, th, min_speech_s=min_s) is Decision.ACCEPT
+    assert decide(score.llr, 1.0, th, min_speech_s=min_s) is Decision.INCONCLUSIVE
     b = np.zeros(8, dtype=np.float32)
     b[1] = 1.0
-    assert scorer.decide(scorer.score(a, b, 10.0, None), 10.0) is Decision.REJECT
+    assert decide(scorer.score(a, b, 10.0, None).llr, 10.0, th, min_speech_s=min_s) is Decision.REJECT
 
 
 def test_as_norm_centres_scores_on_the_cohort() -> None:

@@ -17,10 +17,10 @@ import pytest
 from pg_server import pg_url  # noqa: F401 - the session fixture the postgres backend needs
 from test_store_contract import Backend, put, store_factory, voiceprint  # noqa: F401 - fixture
 
-from voiceauth.audit import chain_hash
 from voiceauth.cli import EXIT_ERROR, EXIT_OK, EXIT_TAMPERED, main
 from voiceauth.errors import StoreError
 from voiceauth.store import AuditRecord, Consent, Namespace, Store, open_store
+from voiceauth.store.audit import chain_hash
 
 CUSTOMER = Namespace.CUSTOMER
 

@@ -182,7 +182,7 @@ class StandIn:
 
 
 def test_reenrolment_lifts_the_opt_out_with_the_new_consent(tmp_path, speakers) -> None:  # noqa: ANN001
-    from voiceauth.facade import VoiceAuth
+    from voiceauth.client import VoiceAuth
 
     spk = sorted(speakers)[0]
     fresh = Consent.now(channel="agent", notice_version="v4", captured_by="agent-9")
@@ -256,7 +256,7 @@ def test_open_store_without_create_creates_nothing(store_factory: Backend, tmp_p
 
 
 def test_facade_entry_points_use_canonical_ids(tmp_path) -> None:  # noqa: ANN001
-    from voiceauth.facade import VoiceAuth
+    from voiceauth.client import VoiceAuth
     from voiceauth.results import Probe
 
     seed(tmp_path / "f.db", "cust-42")
@@ -278,7 +278,7 @@ def test_facade_entry_points_use_canonical_ids(tmp_path) -> None:  # noqa: ANN00
 
 
 def test_unexpected_error_exits_with_internal_code_without_traceback(capsys, db, monkeypatch) -> None:  # noqa: ANN001
-    from voiceauth.facade import VoiceAuth
+    from voiceauth.client import VoiceAuth
 
     seed(db, "cust-42")
 
@@ -314,7 +314,7 @@ def test_identify_top_k_is_validated(capsys, db, tmp_path, top_k) -> None:  # no
 
 
 def test_facade_identify_top_k_is_validated(tmp_path) -> None:  # noqa: ANN001
-    from voiceauth.facade import VoiceAuth
+    from voiceauth.client import VoiceAuth
     from voiceauth.results import Probe
 
     seed(tmp_path / "f.db", "cust-42")

@@ -12,18 +12,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voiceauth.audio import load_audio
+from voiceauth.audio.decode import load_audio
 from voiceauth.cli import EXIT_ERROR, EXIT_OK, main
 from voiceauth.errors import AudioDecodeError, CalibrationError, NoSpeechError
 from voiceauth.models import ECAPA
-from voiceauth.scoring import (
-    MIN_TRIALS_PER_CLASS,
-    Calibration,
-    CalibrationSet,
-    Normalisation,
-    Policy,
-    default_calibration,
-)
+from voiceauth.scoring.calibration import MIN_TRIALS_PER_CLASS, Calibration, CalibrationSet, default_calibration
+from voiceauth.scoring.normalisation import Normalisation
+from voiceauth.scoring.policy import Policy
 
 # -- calibration files ------------------------------------------------------------------------
 
@@ -160,7 +155,7 @@ def test_policy_refuses_a_target_finer_than_the_impostor_trials_resolve() -> Non
 
 
 def test_client_refuses_a_calibration_made_for_another_model(tmp_path: Path) -> None:
-    from voiceauth.facade import VoiceAuth
+    from voiceauth.client import VoiceAuth
 
     class OtherModel:
         model_id = "some/other-model@1"
@@ -235,7 +230,7 @@ def test_8_to_48_khz_files_still_decode(tmp_path: Path, rate: int, suffix: str) 
 
 def test_decoded_samples_are_capped_across_channels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cap counts every channel decoded, and holds even when max_seconds is unlimited."""
-    from voiceauth import audio as audio_module
+    from voiceauth.audio import decode as audio_module
 
     path = tmp_path / "many.wav"
     sf.write(path, np.zeros((48000 * 4, 8), dtype=np.float32), 48000, subtype="PCM_16")
@@ -255,7 +250,7 @@ def test_file_with_too_many_channels_is_refused_before_reading(tmp_path: Path) -
 
 
 def test_watchlist_entry_with_too_little_speech_is_refused_not_listed(make_client, speakers, tmp_path) -> None:  # noqa: ANN001
-    from voiceauth.watchlist import MIN_WATCHLIST_SPEECH_S
+    from voiceauth.fraud.watchlist import MIN_WATCHLIST_SPEECH_S
 
     va = make_client(spoof=False)
     source = speakers[sorted(speakers)[1]][0]

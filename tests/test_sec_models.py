@@ -100,7 +100,7 @@ def test_cli_models_pull_refuses_a_tampered_yaml(
 
 
 def test_embedder_never_runs_a_tampered_yaml(pinned: dict[str, Path], tmp_path: Path, marker: Path) -> None:
-    from voiceauth.embedding import EcapaEmbedder
+    from voiceauth.embedding.ecapa import EcapaEmbedder
 
     directory = linked_copy(pinned[ECAPA.name], tmp_path / "model", ECAPA)
     replace_file(directory, "hyperparams.yaml", (pinned[ECAPA.name] / "hyperparams.yaml").read_bytes()
@@ -124,7 +124,7 @@ def swap_after_verify(monkeypatch: pytest.MonkeyPatch, name: str, data: bytes) -
 def test_speaker_model_loads_only_the_verified_bytes(
     pinned: dict[str, Path], tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from voiceauth.embedding import EcapaEmbedder
+    from voiceauth.embedding.ecapa import EcapaEmbedder
 
     directory = linked_copy(pinned[ECAPA.name], tmp_path / "model", ECAPA)
     swap_after_verify(monkeypatch, "hyperparams.yaml",
@@ -137,8 +137,8 @@ def test_speaker_model_loads_only_the_verified_bytes(
 def test_spoof_model_loads_only_the_verified_bytes(
     pinned: dict[str, Path], tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from voiceauth.spoof import SpoofDetector
-    from voiceauth.spoof_net import load_aasist
+    from voiceauth.fraud.aasist import load_aasist
+    from voiceauth.fraud.spoof import SpoofDetector
 
     source = pinned[AASIST.name]
     directory = linked_copy(source, tmp_path / "model", AASIST)
@@ -184,7 +184,7 @@ def test_yaml_cannot_point_the_loader_at_other_weights(
     """Even a yaml whose checksum were pinned may only load files of the verified copy."""
     import hashlib
 
-    from voiceauth import embedding
+    from voiceauth.embedding import ecapa as embedding
 
     source = pinned[ECAPA.name]
     elsewhere = tmp_path / "elsewhere"
@@ -209,7 +209,7 @@ def test_yaml_cannot_point_the_loader_at_other_weights(
 @pytest.mark.parametrize("address", ["ray://local", "ray://localhost:10001", "ray://127.0.0.1:10001",
                                      "ray://[::1]:10001"])
 def test_loopback_ray_addresses_are_allowed(address: str) -> None:
-    from voiceauth.serving import check_address
+    from voiceauth.embedding.remote import check_address
 
     check_address(address)
 
@@ -217,7 +217,7 @@ def test_loopback_ray_addresses_are_allowed(address: str) -> None:
 @pytest.mark.parametrize("address", ["ray://10.1.2.3:10001", "ray://head-node:10001", "ray://auto",
                                      "ray://127.0.0.1.evil.example:10001", "ray://localhost.evil.example:1"])
 def test_remote_ray_addresses_need_an_explicit_opt_in(address: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from voiceauth import serving
+    from voiceauth.embedding import remote as serving
 
     monkeypatch.delenv("VOICEAUTH_RAY_ALLOW_REMOTE", raising=False)
     with pytest.raises(VoiceAuthError, match="allow_remote=True.*VOICEAUTH_RAY_ALLOW_REMOTE"):
@@ -233,14 +233,14 @@ def test_remote_ray_addresses_need_an_explicit_opt_in(address: str, monkeypatch:
 
 
 def test_malformed_ray_address_is_refused() -> None:
-    from voiceauth.serving import check_address
+    from voiceauth.embedding.remote import check_address
 
     with pytest.raises(VoiceAuthError, match="ray://HOST:PORT"):
         check_address("10.1.2.3:10001", allow_remote=True)
 
 
 def test_local_ray_address_is_remote_when_ray_address_points_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    from voiceauth.serving import check_address
+    from voiceauth.embedding.remote import check_address
 
     monkeypatch.delenv("VOICEAUTH_RAY_ALLOW_REMOTE", raising=False)
     monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")

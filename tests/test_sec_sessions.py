@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from test_session import FRAME, RATE, StandIn, StandInSpoof, frames, make_va, stream, synth
 
-from voiceauth.facade import VoiceAuth
-from voiceauth.session import CallResult, CallStatus, _Segment, _Spoof
+from voiceauth.client import VoiceAuth
+from voiceauth.live import CallResult, CallStatus
+from voiceauth.live.evidence import Segment as _Segment
+from voiceauth.live.spoof_track import SpoofState as _Spoof
 from voiceauth.store.base import AuditRecord, Consent
 
 
@@ -75,7 +77,7 @@ def test_erasure_ends_the_live_call_at_once(va: VoiceAuth, blocking: Blocking, e
     assert blocking.entered.wait(30)
     getattr(va, erase)("cust-1")
     assert call.status is final  # at once, not after the model answers
-    assert not call._segments and not call._inbox and not call._speech and call._voiceprint is None
+    assert not call._segments and not call._inbox and not call._check.new and call._voiceprint is None
     blocking.release.set()
     stream(call, synth(4, seed=1))  # the IVR keeps streaming: discarded, never an error
     call.close()
@@ -142,7 +144,7 @@ def test_spoof_check_that_could_not_run_bars_authentication(tmp_path: Path, cons
     va = make_va(tmp_path, consent, StandIn(), spoof=StandInSpoof())
     try:
         call = va.start_call("cust-1")
-        call._spoof_state = _Spoof.FAILED
+        call._check.state = _Spoof.FAILED
         call._apply(*strong_segment())
         assert call.status is not CallStatus.AUTHENTICATED
         call.close()
@@ -156,7 +158,7 @@ def test_spoof_check_raising_keeps_the_call_from_authenticating(tmp_path: Path, 
         call = va.start_call("cust-1")
         stream(call, synth(6))
         wait_for(lambda: call.status is CallStatus.ERROR)
-        assert call._spoof_state is _Spoof.FAILED
+        assert call._check.state is _Spoof.FAILED
         for _ in range(3):  # late segments with a perfect match
             call._apply(*strong_segment())
         call.close()

@@ -17,14 +17,17 @@ import numpy as np
 import pytest
 from test_session import StandIn, StandInSpoof, make_va, stream, synth
 
-from voiceauth.audio import Audio, load_audio, mulaw_encode, telephone_channel
+from voiceauth.audio.channel import telephone_channel
+from voiceauth.audio.decode import Audio, load_audio
+from voiceauth.audio.g711 import mulaw_encode
+from voiceauth.client import VoiceAuth
 from voiceauth.errors import NoSpeechError
-from voiceauth.facade import VoiceAuth
+from voiceauth.fraud.spoof import SpoofDetector
+from voiceauth.live import CallResult, CallStatus, SessionPool, SessionSettings
+from voiceauth.live.spoof_track import SpoofState as _Spoof
 from voiceauth.results import Decision, Flag
-from voiceauth.scoring import Normalisation
-from voiceauth.session import CallResult, CallStatus, SessionPool, SessionSettings, _Spoof
-from voiceauth.speech import SpeechGate
-from voiceauth.spoof import SpoofDetector
+from voiceauth.scoring.normalisation import Normalisation
+from voiceauth.speech.activity import SpeechGate
 from voiceauth.store.base import Consent
 
 LEAD_INS = ("silence", "noise", "hum")
@@ -63,15 +66,15 @@ def test_authentication_waits_until_the_evidence_is_checked(tmp_path: Path) -> N
     va = make_va(tmp_path, consent, StandIn())
     try:
         call = va.start_call("cust-1")
-        call._spoof_state = _Spoof.WAITING
+        call._check.state = _Spoof.WAITING
         strong = 10 * (va.thresholds().accept_llr + 10)
-        call._spoof_checked = int(4.9 * call.sample_rate)
+        call._check.checked = int(4.9 * call.sample_rate)
         assert call._decide(strong, 5.0, Normalisation.RAW)[0] is CallStatus.PENDING
-        call._spoof_checked = int(5.0 * call.sample_rate)
+        call._check.checked = int(5.0 * call.sample_rate)
         assert call._decide(strong, 5.0, Normalisation.RAW)[0] is CallStatus.AUTHENTICATED
         call._dropped_speech_s = 1.5  # a dropped segment: the evidence reaches 1.5 s further
         assert call._decide(strong, 5.0, Normalisation.RAW)[0] is CallStatus.PENDING
-        call._dropped_speech_s, call._spoof_gap = 0.0, True  # speech after an earlier decision went unchecked
+        call._dropped_speech_s, call._check.gap = 0.0, True  # speech after an earlier decision went unchecked
         assert call._decide(strong, 5.0, Normalisation.RAW)[0] is CallStatus.PENDING
         call.close()
     finally:
@@ -94,7 +97,7 @@ def test_speech_after_the_first_check_is_checked_before_authenticating(tmp_path:
         stream(call, synth(8, amp=0.5, seed=6))  # ...before the customer's voice comes in
         call.close()
         result = call.result(wait=10)
-        accept = va.thresholds().accept_llr + SessionSettings().margin_llr(Normalisation.RAW)
+        accept = va.thresholds().accept_llr + SessionSettings().margins.for_(Normalisation.RAW)
         assert max(u.llr for u in updates) >= accept  # the voice alone would have authenticated the call
         assert spoof.seen[0][1] < 0.4  # the first check saw only the opening, and passed it
         assert Flag.SPOOF_SUSPECTED in result.flags, result
@@ -177,7 +180,7 @@ def test_live_call_checks_the_speech_around_a_lead_in(cloned: tuple[VoiceAuth, l
             if i % 50 == 49:
                 time.sleep(0.05)  # 20x real time
     result = call.result(wait=60)
-    accept = va.thresholds().accept_llr + SessionSettings().margin_llr(Normalisation.RAW)
+    accept = va.thresholds().accept_llr + SessionSettings().margins.for_(Normalisation.RAW)
     assert max(u.llr for u in updates) >= accept  # the speaker model alone would let it through
     assert Flag.SPOOF_SUSPECTED in result.flags, result
     assert CallStatus.AUTHENTICATED not in [r.status for r in result.revisions], result

@@ -18,9 +18,9 @@ import pytest
 from pg_server import pg_url  # noqa: F401 - the session fixture the "postgres" backend needs
 from test_store_contract import Backend, embedding, put, store_factory, voiceprint  # noqa: F401 - fixture
 
-from voiceauth.crypto import load_keyring
 from voiceauth.errors import StoreError, TamperedError
 from voiceauth.store import AuditRecord, ErasureIncompleteError, Namespace, open_store
+from voiceauth.store.crypto import load_keyring
 from voiceauth.store.sqlite import SQLiteStore
 
 CUSTOMER = Namespace.CUSTOMER

@@ -12,13 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voiceauth.audio import Audio, load_audio, mulaw_encode, telephone_channel
+from voiceauth.audio.channel import telephone_channel
+from voiceauth.audio.decode import Audio, load_audio
+from voiceauth.audio.g711 import mulaw_encode
+from voiceauth.client import VoiceAuth
 from voiceauth.errors import NoSpeechError, SessionError
-from voiceauth.facade import VoiceAuth
+from voiceauth.fraud.spoof import SpoofResult
+from voiceauth.live import CallResult, CallSession, CallStatus, SessionPool, SessionSettings
 from voiceauth.results import Flag
-from voiceauth.scoring import Normalisation, default_calibration
-from voiceauth.session import CallResult, CallSession, CallStatus, SessionPool, SessionSettings
-from voiceauth.spoof import SpoofResult
+from voiceauth.scoring.calibration import default_calibration
+from voiceauth.scoring.normalisation import Normalisation
 from voiceauth.store.base import Consent
 
 RATE = 8000
@@ -353,14 +356,14 @@ def test_clean_spoof_check_lets_the_call_authenticate(tmp_path: Path, consent_re
 
 
 def test_matching_voice_waits_for_the_spoof_verdict(va: VoiceAuth) -> None:
-    from voiceauth.session import _Spoof
+    from voiceauth.live.spoof_track import SpoofState as _Spoof
 
     call = va.start_call("cust-1")
     strong = 10 * (va.thresholds().accept_llr + 1)
     for state in (_Spoof.WAITING, _Spoof.QUEUED):
-        call._spoof_state = state
+        call._check.state = state
         assert call._decide(strong, 5.0, Normalisation.RAW)[0] is CallStatus.PENDING
-    call._spoof_state, call._spoof_checked = _Spoof.WAITING, 5 * call.sample_rate  # all 5 s checked
+    call._check.state, call._check.checked = _Spoof.WAITING, 5 * call.sample_rate  # all 5 s checked
     assert call._decide(strong, 5.0, Normalisation.RAW)[0] is CallStatus.AUTHENTICATED
     call.close()
 
@@ -426,7 +429,7 @@ def phone_frames(paths: Sequence[Path]) -> list[bytes]:
 def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VoiceAuth, dict[str, list[Path]]]]:
     if not LIBRI.is_dir():
         pytest.skip(f"shared LibriSpeech samples not found at {LIBRI}")
-    from voiceauth.embedding import EcapaEmbedder
+    from voiceauth.embedding.ecapa import EcapaEmbedder
 
     home = tmp_path_factory.mktemp("real")
     mp = pytest.MonkeyPatch()
@@ -461,7 +464,7 @@ def test_real_genuine_caller_authenticated(real: tuple[VoiceAuth, dict[str, list
     # fed at 20x real time, so the spoof check (about 0.4 s) lets more speech in before the
     # decision; the evidence itself crossed the accept threshold within 6 s of speech
     settings = va._sessions.settings  # type: ignore[union-attr]
-    accept = va.scorer.thresholds(Normalisation.RAW).accept_llr + settings.margin_llr(Normalisation.RAW)
+    accept = va.scorer.thresholds(Normalisation.RAW).accept_llr + settings.margins.raw
     first = next(u.speech_s for u in updates if u.llr >= accept and u.speech_s >= u.required_s)
     assert first <= 6.0
 
@@ -510,7 +513,7 @@ def test_real_synthetic_caller_is_never_authenticated(tmp_path: Path, embedder, 
         va.enroll("cloned", [telephone_channel(load_audio(w)) for w in wavs[:3]], consent=consent)
         updates: list[CallResult] = []
         result = run_call(va, "cloned", phone_frames(wavs[3:]), updates)
-        accept = va.thresholds().accept_llr + va._sessions.settings.margin_llr(Normalisation.RAW)  # type: ignore[union-attr]
+        accept = va.thresholds().accept_llr + va._sessions.settings.margins.raw  # type: ignore[union-attr]
         assert max(u.llr for u in updates) >= accept  # the speaker model alone would let it through
         assert Flag.SPOOF_SUSPECTED in result.flags and result.spoof_score is not None
         assert CallStatus.AUTHENTICATED not in [r.status for r in result.revisions], result
@@ -538,7 +541,7 @@ def test_real_calls_with_a_customer_population_use_as_norm(tmp_path: Path, embed
         updates: list[CallResult] = []
         genuine = run_call(va, a, phone_frames(speakers[a][3:5]), updates)
         assert genuine.status is CallStatus.AUTHENTICATED and Flag.SMALL_COHORT not in genuine.flags, genuine
-        accept = va.thresholds().accept_llr + SessionSettings().margin_llr(Normalisation.AS_NORM)
+        accept = va.thresholds().accept_llr + SessionSettings().margins.as_norm
         assert accept == va.thresholds().accept_llr
         first = next(u for u in updates if u.status is CallStatus.AUTHENTICATED)
         assert first.llr >= accept and first.speech_s <= 6.0

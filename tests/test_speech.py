@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from voiceauth.audio import Audio, add_noise, load_audio, telephone_channel
+from voiceauth.audio.channel import add_noise, telephone_channel
+from voiceauth.audio.decode import Audio, load_audio
 from voiceauth.errors import NoSpeechError, SessionError
-from voiceauth.speech import (
+from voiceauth.speech.activity import (
     FRAME_S,
     QualityFlag,
     SpeechGate,

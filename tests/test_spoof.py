@@ -13,7 +13,9 @@ import pytest
 
 from voiceauth import models
 from voiceauth.errors import AudioDecodeError, ModelChecksumError, NoSpeechError
-from voiceauth.spoof import WINDOW_SAMPLES, SpoofDetector, SpoofResult, window_starts
+from voiceauth.fraud.spoof import WINDOW_SAMPLES, SpoofDetector, SpoofResult, window_starts
+
+pytestmark = pytest.mark.integration  # real model, processes or external tools
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,14 +32,14 @@ def detector(model_dir: Path) -> SpoofDetector:
 
 
 def test_import_does_not_load_torch() -> None:
-    code = "import sys, voiceauth.spoof; sys.exit('torch' in sys.modules)"
+    code = "import sys, voiceauth.fraud.spoof; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
 def test_state_dict_loads_strictly_and_covers_every_weight(model_dir: Path) -> None:
     import torch
 
-    from voiceauth.spoof_net import load_aasist
+    from voiceauth.fraud.aasist import load_aasist
 
     net = load_aasist(model_dir)  # load_state_dict(strict=True) inside
     published = torch.load(model_dir / "AASIST.pth", map_location="cpu", weights_only=True)
@@ -67,7 +69,7 @@ def test_window_plan_covers_every_sample() -> None:
 def test_bona_fide_librispeech_is_mostly_not_suspected(
     detector: SpoofDetector, speakers: dict[str, list[Path]]
 ) -> None:
-    from voiceauth.audio import load_audio
+    from voiceauth.audio.decode import load_audio
 
     files = [paths[0] for paths in speakers.values()][:10]
     assert len(files) == 10
@@ -78,7 +80,7 @@ def test_bona_fide_librispeech_is_mostly_not_suspected(
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not on PATH (apt-get install espeak-ng)")
 def test_espeak_synthetic_speech_is_mostly_suspected(detector: SpoofDetector, tmp_path: Path) -> None:
-    from voiceauth.audio import load_audio
+    from voiceauth.audio.decode import load_audio
 
     results = []
     for voice in ("en-us", "en-gb", "en+f3", "en-us+m3"):
@@ -155,7 +157,7 @@ def test_concurrent_scoring_matches_sequential(detector: SpoofDetector) -> None:
 
 def test_threshold_for_false_alarms_flags_at_most_that_share() -> None:
     from voiceauth.errors import CalibrationError
-    from voiceauth.spoof import threshold_for_false_alarms
+    from voiceauth.fraud.spoof import threshold_for_false_alarms
 
     scores = np.linspace(-10, 10, 40)
     threshold = threshold_for_false_alarms(scores, 0.05)
@@ -168,7 +170,7 @@ def test_threshold_for_false_alarms_flags_at_most_that_share() -> None:
 
 def test_threshold_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from voiceauth.errors import CalibrationError
-    from voiceauth.spoof import DEFAULT_THRESHOLD, THRESHOLD_ENV
+    from voiceauth.fraud.spoof import DEFAULT_THRESHOLD, THRESHOLD_ENV
 
     monkeypatch.delenv(THRESHOLD_ENV, raising=False)
     assert SpoofDetector().threshold == DEFAULT_THRESHOLD
@@ -183,7 +185,7 @@ def test_spoof_threshold_cli_fits_on_genuine_calls(tmp_path: Path, speakers, cap
     import json
 
     from voiceauth.cli import EXIT_ERROR, EXIT_OK, main
-    from voiceauth.spoof import THRESHOLD_ENV
+    from voiceauth.fraud.spoof import THRESHOLD_ENV
 
     monkeypatch.delenv(THRESHOLD_ENV, raising=False)
     folder = tmp_path / "calls"
@@ -198,7 +200,8 @@ def test_spoof_threshold_cli_fits_on_genuine_calls(tmp_path: Path, speakers, cap
 
     # the fitted threshold, put in the environment, flags at most 10 % of those callers
     monkeypatch.setenv(THRESHOLD_ENV, str(fit["threshold"]))
-    from voiceauth.audio import load_audio, telephone_channel
+    from voiceauth.audio.channel import telephone_channel
+    from voiceauth.audio.decode import load_audio
 
     detector = SpoofDetector()
     flagged = []

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from pg_server import fresh_database, pg_url  # noqa: F401 - pg_url is the session fixture "postgres" needs
 
-from voiceauth.crypto import KeyRing, load_keyring
 from voiceauth.errors import KeyMissingError, StoreError, TamperedError
 from voiceauth.store import AuditRecord, Consent, Namespace, Store, Voiceprint, open_store
+from voiceauth.store.crypto import KeyRing, load_keyring
 
 CUSTOMER = Namespace.CUSTOMER
 WATCHLIST = Namespace.WATCHLIST

@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from pg_server import fresh_database, pg_url  # noqa: F401 - pg_url is a fixture
 
-from voiceauth.crypto import KeyRing
-from voiceauth.enrolment import NewSpeech, builder
 from voiceauth.errors import KeyMissingError, StoreCorruptError, StoreError, TamperedError
+from voiceauth.services.enrolment import NewSpeech, builder
 from voiceauth.store import open_store
 from voiceauth.store.base import AuditRecord, Namespace
+from voiceauth.store.crypto import KeyRing
+
+pytestmark = pytest.mark.integration  # real model, processes or external tools
 
 MODEL = "test-model"
 

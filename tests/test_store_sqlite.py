@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from voiceauth.crypto import NONCE_BYTES, KeyRing, load_keyring
 from voiceauth.errors import KeyMissingError, StoreCorruptError, StoreError
 from voiceauth.store import AuditRecord, Namespace, Voiceprint
+from voiceauth.store.crypto import NONCE_BYTES, KeyRing, load_keyring
 from voiceauth.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 CUSTOMER = Namespace.CUSTOMER
@@ -353,6 +353,7 @@ def _run_processes(worker: Any, args: list[Any]) -> list[Any]:
         return pool.map(worker, args)
 
 
+@pytest.mark.integration  # real processes, killed
 def test_processes_stress_no_lost_writes(tmp_path: Path, db: Path, key_file: Path) -> None:
     SQLiteStore(db).close()  # schema and key exist before the race
     ready = tmp_path / "ready"
@@ -388,6 +389,7 @@ def _first_open_worker(args: tuple[str, str, str, int, int]) -> str:
         return _store_key(Path(path))
 
 
+@pytest.mark.integration  # real processes, killed
 def test_processes_creating_store_and_key_at_once(tmp_path: Path, db: Path, key_file: Path) -> None:
     ready = tmp_path / "ready"
     ready.mkdir()
@@ -506,6 +508,7 @@ def _assert_all_readable(db: Path, expected: dict[str, int]) -> SQLiteStore:
     return store
 
 
+@pytest.mark.integration  # real processes, killed
 @pytest.mark.parametrize("where", ["in_builder", "before_commit"])
 def test_sigkill_mid_upsert(tmp_path: Path, db: Path, where: str) -> None:
     _populated(db, 1)
@@ -518,6 +521,7 @@ def test_sigkill_mid_upsert(tmp_path: Path, db: Path, where: str) -> None:
     store.close()
 
 
+@pytest.mark.integration  # real processes, killed
 def test_sigkill_at_random_times_during_upserts(tmp_path: Path, db: Path) -> None:
     _populated(db, 1)
     rng = random.Random(7)
@@ -536,6 +540,7 @@ def test_sigkill_at_random_times_during_upserts(tmp_path: Path, db: Path) -> Non
         log.unlink(missing_ok=True)
 
 
+@pytest.mark.integration  # real processes, killed
 @pytest.mark.parametrize("where", ["mid_reencrypt", "after_commit"])
 def test_sigkill_mid_rotation(tmp_path: Path, db: Path, key_file: Path, where: str) -> None:
     _populated(db)
@@ -562,6 +567,7 @@ def test_sigkill_mid_rotation(tmp_path: Path, db: Path, key_file: Path, where: s
     _assert_all_readable(db, expected).close()
 
 
+@pytest.mark.integration  # real processes, killed
 def test_sigkill_at_random_times_during_rotations(tmp_path: Path, db: Path) -> None:
     _populated(db)
     expected = {(f"c{i}" if i else "c"): i + 1 for i in range(20)}

@@ -81,7 +81,7 @@ class _Counting:
 
 
 def test_screen_is_cached_and_add_remove_apply_at_once(make_client, speakers, monkeypatch, tmp_path) -> None:  # noqa: ANN001
-    from voiceauth import watchlist as watchlist_module
+    from voiceauth.fraud import watchlist as watchlist_module
 
     va = make_client(spoof=False)
     fraudster, other = sorted(speakers)[1], sorted(speakers)[2]
@@ -153,7 +153,7 @@ def test_batched_cohort_stats_match_as_norm() -> None:
     """The watchlist's batched AS-norm (many entries at once) equals the per-trial formula."""
     import numpy as np
 
-    from voiceauth.scoring import COHORT_TOP_N, as_norm, top_stats
+    from voiceauth.scoring.normalisation import COHORT_TOP_N, as_norm, top_stats
 
     rng = np.random.default_rng(7)
     unit = lambda m: m / np.linalg.norm(m, axis=-1, keepdims=True)  # noqa: E731
@@ -178,7 +178,7 @@ def test_batched_cohort_stats_match_as_norm() -> None:
 
 def test_split_thresholds_keep_the_false_hit_budget(make_client) -> None:  # noqa: ANN001
     """Both tests together let through no more calibration impostors than one entry's budget."""
-    from voiceauth.scoring import Normalisation
+    from voiceauth.scoring.normalisation import Normalisation
 
     va = make_client(spoof=False)
     cals = va.scorer.calibrations
@@ -198,8 +198,8 @@ def test_cohort_normalisation_catches_short_clean_calls(make_client, speakers, l
     """Real speech: with a customer cohort in the store, a 1.6-1.7 s clean call by one of 10 listed
     fraudsters is flagged; the raw score alone misses it (its calibration is shared with the phone channel),
     and genuine callers outside the watchlist stay clean."""
-    from voiceauth.scoring import MIN_COHORT
-    from voiceauth.watchlist import Watchlist
+    from voiceauth.fraud.watchlist import Watchlist
+    from voiceauth.scoring.normalisation import MIN_COHORT
 
     va = make_client(spoof=False, enrol_speech_s=1.0)
     customers = sorted((librispeech / "train-clean").glob("*.flac"))

@@ -8,7 +8,9 @@
     result = va.verify("cust-42", "call3.wav")
 """
 
-from voiceauth.audio import Audio, Encoding, load_audio
+from voiceauth.audio.decode import Audio, Encoding, load_audio
+from voiceauth.client import VoiceAuth
+from voiceauth.decision import Decision
 from voiceauth.errors import (
     AlreadyEnrolledError,
     AudioDecodeError,
@@ -33,8 +35,8 @@ from voiceauth.errors import (
     TamperedError,
     VoiceAuthError,
 )
-from voiceauth.facade import VoiceAuth
 from voiceauth.ids import canonical_id
+from voiceauth.live import CallResult, CallSession, CallStatus, Revision, ScreenInput, ScreenVerdict, SessionSettings
 from voiceauth.results import (
     Candidate,
     EnrolmentProgress,
@@ -45,8 +47,8 @@ from voiceauth.results import (
     VerificationResult,
     WatchlistHit,
 )
-from voiceauth.scoring import Calibration, CalibrationSet, Decision, Policy, Thresholds
-from voiceauth.session import CallResult, CallSession, CallStatus, Revision, ScreenInput, ScreenVerdict, SessionSettings
+from voiceauth.scoring.calibration import Calibration, CalibrationSet
+from voiceauth.scoring.policy import Policy, Thresholds
 from voiceauth.store.base import Consent, OptOutResult, VoiceprintInfo
 
 __version__ = "0.1.0"

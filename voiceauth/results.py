@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from voiceauth.scoring import Decision, Normalisation
+from voiceauth.decision import Decision
+from voiceauth.scoring.normalisation import Normalisation
 
 
 class Flag(str, enum.Enum):
@@ -24,6 +25,9 @@ class Flag(str, enum.Enum):
     FRAUDSTER_MATCH = "fraudster_match"
     SPOOF_SUSPECTED = "spoof_suspected"
     SPEAKER_CHANGE = "speaker_change"
+    SPOOF_ADVISORY = "spoof_advisory"
+    """The spoof score is unusual for a live caller on this channel, but the channel's bona fide
+    reference is not complete yet: advisory, not gated (see :mod:`voiceauth.fraud.reference`)."""
 
 
 def as_dict(value: Any) -> dict[str, Any]:
@@ -85,6 +89,9 @@ class VerificationResult:
     """Expected false-accept rate at the accept threshold in force."""
     watchlist_hit: WatchlistHit | None = None
     spoof_probability: float | None = None
+    trial_id: str | None = None
+    """Random id of the trial this decision was recorded as: report its outcome with
+    ``VoiceAuth.report_outcome`` (None when no trial was recorded)."""
 
     @property
     def accepted(self) -> bool:

@@ -9,9 +9,9 @@ contract tests.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -222,3 +222,30 @@ class Store(VoiceprintStore, ConsentStore, AuditLog, StoreAdmin, Protocol):
     Every write happens in one transaction together with its audit event, so a
     crash leaves either both or neither.
     """
+
+
+@runtime_checkable
+class StreamingStore(Protocol):
+    """What a store offers for a million customers (both SQL stores; see :mod:`voiceauth.store.streaming`).
+
+    The cohort and the 1:N index use it when a store has it, and fall back to
+    :meth:`VoiceprintStore.embeddings` (the whole store at once) when it does not.
+    """
+
+    def count(self, namespace: Namespace = Namespace.CUSTOMER, model_id: str | None = None) -> int: ...
+
+    def iter_ids(self, namespace: Namespace = Namespace.CUSTOMER, model_id: str | None = None, *,
+                 batch_size: int = 20_000) -> Iterator[str]: ...
+
+    def iter_embeddings(self, namespace: Namespace, model_id: str, *,
+                        batch_size: int = 10_000) -> Iterator[tuple[list[str], np.ndarray]]: ...
+
+    def get_many(self, namespace: Namespace, subject_ids: Sequence[str]) -> dict[str, Voiceprint]: ...
+
+    def change_seq(self) -> int: ...
+
+    def voiceprint_changes(self, after_seq: int, *, limit: int = 50_000) -> tuple[int, list[Any]]: ...
+
+    def setting(self, key: str) -> str | None: ...
+
+    def put_setting(self, key: str, value: str, *, event: AuditRecord) -> None: ...

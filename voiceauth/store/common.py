@@ -14,10 +14,10 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from voiceauth.audit import GENESIS, chain_hash, clean_details
-from voiceauth.crypto import KeyRing
 from voiceauth.errors import StoreError, TamperedError
+from voiceauth.store.audit import GENESIS, chain_hash, clean_details
 from voiceauth.store.base import AuditEvent, AuditRecord, Consent, Namespace, OptOutResult, Voiceprint, VoiceprintInfo
+from voiceauth.store.crypto import KeyRing
 
 KEYCHECK_PLAINTEXT = b"voiceauth-keycheck-v1"
 VOICEPRINT_COLUMNS = ("namespace, subject_id, model_id, key_id, blob, speech_s, recordings, complete, "

@@ -5,7 +5,7 @@ Same semantics as the SQLite store (and the same contract tests):
 - voiceprints are AES-256-GCM ciphertext bound by AAD to the store id, namespace, subject,
   model, enrolment state and the row's version (a counter in ``voiceprint_versions`` that
   moves on at every write and erasure, so an old row restored from a backup fails)
-  (:mod:`voiceauth.store.common`); keys come from :mod:`voiceauth.crypto`;
+  (:mod:`voiceauth.store.common`); keys come from :mod:`voiceauth.store.crypto`;
 - every write commits in one transaction together with its hash-chained audit event;
 - the schema is versioned in ``voiceauth_schema`` and migrated on open under an advisory
   lock, so several workers starting together migrate once.
@@ -36,7 +36,7 @@ in WAL, WAL archives, replicas and backups. What a bank must do: run (auto)VACUU
 it), keep the data directory, WAL archive and backups on encrypted storage with bounded
 retention. What limits the damage meanwhile: any leftover copy is only AES-GCM ciphertext,
 and :meth:`PostgresStore.rotate_key` re-encrypts everything under a new key; once the old
-key is retired (:meth:`voiceauth.crypto.KeyRing.retire_unused`), every older copy is
+key is retired (:meth:`voiceauth.store.crypto.KeyRing.retire_unused`), every older copy is
 unreadable (crypto-shredding). A URL's password never appears in errors or reprs.
 """
 
@@ -45,15 +45,16 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from voiceauth.crypto import KeyRing, load_keyring
 from voiceauth.errors import StoreCorruptError, StoreError
 from voiceauth.store.base import Namespace
 from voiceauth.store.common import redact
+from voiceauth.store.crypto import KeyRing, load_keyring
 from voiceauth.store.sql import SQLStore
+from voiceauth.store.trials import POSTGRES_MIGRATION
 
 if TYPE_CHECKING:
     import psycopg
@@ -94,6 +95,8 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (namespace, subject_id)
     )
     """,
+    # 3: in-domain trials and calibration versions (voiceauth.store.trials)
+    POSTGRES_MIGRATION,
 ]
 OLDEST_READABLE = 2
 """Stores of schema 1 (no store id or row version in the associated data) are refused."""
@@ -266,6 +269,12 @@ class PostgresStore(SQLStore):
     def _lock_subject(self, con: psycopg.Connection[Any], namespace: Namespace, subject_id: str) -> None:
         """An advisory lock per subject: it also serialises two first enrolments, when there is no row to lock."""
         con.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{namespace.value}|{subject_id}",))
+
+    def _lock_subjects(self, con: psycopg.Connection[Any], namespace: Namespace, subject_ids: Sequence[str]) -> None:
+        """The advisory locks of ``_lock_subject`` for many subjects in one statement (in a fixed order)."""
+        keys = sorted(f"{namespace.value}|{s}" for s in subject_ids)
+        con.execute("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(%s::text[]) "
+                    "WITH ORDINALITY AS t(k, n) ORDER BY n", (keys,))
 
     def _lock_audit(self, con: psycopg.Connection[Any]) -> None:
         """The chain-wide advisory lock, held until commit, so writers on any machine keep one chain."""

@@ -17,9 +17,8 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from voiceauth.audit import GENESIS, Head, Sealer, verify_trail
-from voiceauth.crypto import KeyRing
 from voiceauth.errors import KeyMissingError, StoreError, TamperedError
+from voiceauth.store.audit import GENESIS, Head, Sealer, verify_trail
 from voiceauth.store.base import (
     AuditCheck,
     AuditEvent,
@@ -54,13 +53,16 @@ from voiceauth.store.common import (
     rows_to_matrix,
     voiceprint_params,
 )
+from voiceauth.store.crypto import KeyRing
+from voiceauth.store.streaming import StreamingOps
+from voiceauth.store.trials import TrialTables
 
 Connection = Any
 """A DB-API connection of the dialect's driver (``sqlite3`` or ``psycopg``)."""
 S = TypeVar("S", bound="SQLStore")
 
 
-class SQLStore:
+class SQLStore(TrialTables, StreamingOps):
     """Voiceprints, consent, opt-outs and the audit trail in SQL tables; see the dialects."""
 
     PLACEHOLDER: ClassVar[str] = "?"
@@ -243,7 +245,7 @@ class SQLStore:
             return self._events(con)
 
     def verify_audit(self) -> AuditCheck:
-        """The chain holds and ends at the head sealed under the store's key; see :mod:`voiceauth.audit`."""
+        """The chain holds and ends at the head sealed under the store's key; see :mod:`voiceauth.store.audit`."""
         with self._snapshot() as con:
             return self._verify_audit(con)
 

@@ -27,9 +27,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from voiceauth.crypto import KeyRing, load_keyring
 from voiceauth.errors import ErasureIncompleteError, StoreCorruptError, StoreError
+from voiceauth.store.crypto import KeyRing, load_keyring
 from voiceauth.store.sql import SQLStore
+from voiceauth.store.trials import SQLITE_MIGRATION
 
 APPLICATION_ID = 0x56415554  # "VAUT" in the SQLite header
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -61,6 +62,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
             namespace TEXT NOT NULL, subject_id TEXT NOT NULL, version INTEGER NOT NULL,
             PRIMARY KEY (namespace, subject_id))""",
     ),
+    # 3: in-domain trials and calibration versions (voiceauth.store.trials)
+    SQLITE_MIGRATION,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 OLDEST_READABLE = 2

@@ -26,20 +26,17 @@ from typing import cast
 
 import numpy as np
 
-from voiceauth.audio import MODEL_RATE, Audio, add_noise, load_audio, resample, telephone_channel
-from voiceauth.embedding import EcapaEmbedder, Embedder, l2_normalise
-from voiceauth.engines import shipped_calibration
+from voiceauth.audio.channel import add_noise, telephone_channel
+from voiceauth.audio.decode import MODEL_RATE, Audio, load_audio, resample
+from voiceauth.embedding.base import Embedder, l2_normalise
+from voiceauth.embedding.ecapa import EcapaEmbedder
 from voiceauth.errors import AudioError, CalibrationError, CorpusError
-from voiceauth.evaluation import clopper_pearson, compute_metrics, error_rates
-from voiceauth.scoring import (
-    MIN_COHORT,
-    Calibration,
-    CalibrationSet,
-    Normalisation,
-    Policy,
-    as_norm,
-)
-from voiceauth.speech import FRAME_S, analyse, speech_mask
+from voiceauth.scoring.calibration import Calibration, CalibrationSet
+from voiceauth.scoring.normalisation import MIN_COHORT, Normalisation, as_norm
+from voiceauth.scoring.policy import Policy
+from voiceauth.scoring.statistics import clopper_pearson, compute_metrics, error_rates
+from voiceauth.services.engines import shipped_calibration
+from voiceauth.speech.activity import FRAME_S, analyse, speech_mask
 from voiceauth.tools.plots import plot_det, plot_score_histograms
 
 log = logging.getLogger(__name__)
@@ -194,7 +191,7 @@ class Bench:
                 log.warning("skipping %s: %.1f s of speech", path, analysis.report.speech_s)
                 self.skipped.append(str(path))
                 continue
-            ours = self.embedder.embed([analysis.speech.samples])[0]
+            ours = self.embedder.embed([analysis.trimmed.samples])[0]
             base = self._baseline_embed(audio.samples) if with_base else None
             out[path] = self.cache[key] = Embedded(ours, analysis.report.speech_s, base)
         return out

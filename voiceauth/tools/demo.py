@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from voiceauth.decision import Decision
 from voiceauth.errors import NoSpeechError
-from voiceauth.evaluation import eer
 from voiceauth.results import Flag
-from voiceauth.scoring import Decision
+from voiceauth.scoring.statistics import eer
 from voiceauth.store.base import Consent
 from voiceauth.tools.samples import enrolment_meeting, meeting_speech, meetings
 
@@ -98,8 +98,8 @@ def run_demo(model_dir: str | None = None, progress: bool = True) -> DemoReport:
     """Run the demo in a temporary encrypted store; nothing is kept afterwards."""
     import click
 
-    from voiceauth.crypto import KeyRing
-    from voiceauth.facade import VoiceAuth
+    from voiceauth.client import VoiceAuth
+    from voiceauth.store.crypto import KeyRing
     from voiceauth.store.sqlite import SQLiteStore
 
     by_meeting = meetings(meeting_speech())

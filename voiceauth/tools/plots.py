@@ -1,7 +1,7 @@
 """DET curves and score histograms of trials, saved as PNG (needs the ``tools`` extra: matplotlib).
 
 matplotlib is imported lazily (Agg canvas, no pyplot state), so importing this module stays cheap.
-Trials follow the conventions of :mod:`voiceauth.evaluation`.
+Trials follow the conventions of :mod:`voiceauth.scoring.statistics`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from voiceauth.errors import CalibrationError, VoiceAuthError
-from voiceauth.evaluation import FloatArray, _check_rate, _det_closed, _eer_on, _pct, _validate
+from voiceauth.scoring.statistics import FloatArray, _check_rate, _det_closed, _eer_on, _pct, _validate
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

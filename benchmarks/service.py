@@ -1,0 +1,290 @@
+"""Service benchmark: real-time calls streamed to `voiceauth serve` over loopback, and a soak run.
+
+    python benchmarks/service.py                       # N = 10, 25, 50; soak 200 calls + 100 verifications
+    python benchmarks/service.py --levels 10 --soak-calls 50 --soak-verifies 20   # quick look
+
+The server runs as its own process (``voiceauth serve`` on a fresh store, real ECAPA and AASIST
+models), so its CPU time and resident memory are measured alone, from /proc. Customers: the
+10 LibriSpeech test-other speakers, enrolled over REST on 3 phone-channel files each, plus
+30 train-clean speakers as a background population (AS-norm cohort).
+
+Capacity: N Twilio Media Streams clients (one asyncio process) stream N calls at the same
+time in real time (a 20 ms mu-law frame per call every 20 ms), each ``--seconds`` of one
+speaker's further recordings, claimed as that speaker (genuine) or, every 3rd call, as
+another (impostor). Reported per level: the service's decision latency (last frame of a
+speech segment fed -> its scored update; the ``voiceauth_decision_latency_seconds``
+histogram, p50/p95 interpolated within its buckets) and spoof-check latency, the end-of-call
+latency (``stop`` sent -> final status received), audio dropped, CPU (cores used by the
+server process), and outcomes. Baseline in the same run: one call alone (N = 1).
+
+Soak: ``--soak-calls`` calls (8 at a time, fed at 4x real time) and ``--soak-verifies`` REST
+verifications through the same server process, resident memory sampled every 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+RESULTS = ROOT / "benchmarks" / "results"
+LIBRI = ROOT.parent / "shared" / "corpora" / "librispeech-samples"
+
+from test_serve_support import request, statuses, twilio_call, wav_bytes  # noqa: E402
+
+from voiceauth.audio.channel import telephone_channel  # noqa: E402
+from voiceauth.audio.decode import load_audio  # noqa: E402
+from voiceauth.audio.g711 import mulaw_encode  # noqa: E402
+from voiceauth.serve.auth import KeyRing  # noqa: E402
+
+
+def phone(path: Path) -> np.ndarray:
+    return telephone_channel(load_audio(path)).samples
+
+
+def frames_of(paths: list[Path], seconds: float) -> list[bytes]:
+    codes = mulaw_encode(np.concatenate([phone(p) for p in paths]))[: int(seconds * 8000)]
+    return [codes[i:i + 160].tobytes() for i in range(0, len(codes) - 159, 160)]
+
+
+class Proc:
+    """CPU seconds and resident memory of one process, from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / self.tick
+
+    def rss_mb(self) -> float:
+        match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{self.pid}/status").read_text())
+        return int(match.group(1)) / 1024 if match else 0.0
+
+
+def histogram(text: str, name: str) -> tuple[list[tuple[float, float]], float]:
+    """(upper bound, cumulative count) buckets and the count of one histogram in exposition text."""
+    buckets = [(float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2)))
+               for m in re.finditer(rf'{name}_bucket{{le="([^"]+)"}} ([0-9.e+]+)', text)]
+    return buckets, buckets[-1][1] if buckets else 0.0
+
+
+def delta_quantile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:
+    """Quantile of the observations between two scrapes, interpolated linearly within a bucket."""
+    counts = [(b, a[1] - (before[i][1] if before else 0.0)) for i, (b, a) in enumerate(zip([x[0] for x in after],
+                                                                                          after, strict=True))]
+    total = counts[-1][1] if counts else 0.0
+    if total <= 0:
+        return None
+    target, low, low_count = q * total, 0.0, 0.0
+    for bound, cum in counts:
+        if cum >= target:
+            if bound == float("inf"):
+                return low
+            return round(low + (bound - low) * (target - low_count) / max(cum - low_count, 1e-9), 3)
+        low, low_count = bound, cum
+    return None
+
+
+class Service:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        ring = KeyRing()
+        self.keys = {k: ring.create(k, [s]) for k, s in (("ivr", "stream"), ("ops", "admin"), ("prom", "metrics"),
+                                                         ("teller", "verify"))}
+        ring.save(workdir / "keys.json")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        env = dict(os.environ, VOICEAUTH_KEY_FILE=str(workdir / "keyring.json"), HF_HUB_OFFLINE="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "voiceauth", "serve", "--store", str(workdir / "vp.db"), "--keys",
+             str(workdir / "keys.json"), "--port", str(self.port), "--log-level", "warning", "--actor", "bench"],
+            env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / "server.log", "w"))  # noqa: SIM115
+        self.http, self.ws = f"http://127.0.0.1:{self.port}", f"ws://127.0.0.1:{self.port}"
+        self.stats = Proc(self.proc.pid)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if request("GET", f"{self.http}/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"server did not get ready; see {workdir / 'server.log'}")
+            time.sleep(0.5)
+
+    def metrics(self) -> str:
+        return request("GET", f"{self.http}/metrics", self.keys["prom"])[1]
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def enrol(service: Service, speakers: dict[str, list[Path]]) -> None:
+    consent = {"consent_channel": "ivr", "consent_notice_version": "bench"}
+    for spk, files in speakers.items():
+        audio = [("audio", f"{p.stem}.wav", wav_bytes(phone(p), 8000)) for p in files[:3]]
+        status, body = request("POST", f"{service.http}/v1/customers/{spk}/enrol", service.keys["ops"], consent, audio)
+        assert status == 201, body
+    for p in sorted((LIBRI / "train-clean").glob("*.flac"))[:30]:
+        status, body = request("POST", f"{service.http}/v1/customers/bg-{p.stem}/enrol", service.keys["ops"], consent,
+                               [("audio", "a.wav", wav_bytes(phone(p), 8000))])
+        assert status in (201, 202), body
+
+
+async def level(service: Service, calls: list[tuple[str, list[bytes], bool]], pace: float,
+                stagger_s: float) -> dict[str, object]:
+    async def one(index: int, claimed: str, frames: list[bytes]) -> tuple[list[dict], int | None, float]:
+        await asyncio.sleep(index * stagger_s)
+        started = time.monotonic()
+        messages, code, _ = await twilio_call(service.ws, service.keys["ivr"], claimed, frames, pace)
+        return messages, code, time.monotonic() - started - len(frames) * pace
+
+    before = service.metrics()
+    cpu0, t0 = service.stats.cpu_s(), time.monotonic()
+    rss: list[float] = []
+
+    async def sample() -> None:
+        while True:
+            rss.append(service.stats.rss_mb())
+            await asyncio.sleep(0.5)
+
+    sampler = asyncio.create_task(sample())
+    results = await asyncio.gather(*(one(i, c, f) for i, (c, f, _) in enumerate(calls)))
+    sampler.cancel()
+    wall, cpu = time.monotonic() - t0, service.stats.cpu_s() - cpu0
+    after = service.metrics()
+    out: dict[str, object] = {"calls": len(calls), "wall_s": round(wall, 1), "server_cpu_cores": round(cpu / wall, 2),
+                              "server_rss_mb_max": round(max(rss), 0)}
+    for name, key in (("voiceauth_decision_latency_seconds", "decision_latency"),
+                      ("voiceauth_spoof_check_latency_seconds", "spoof_check_latency")):
+        b, _ = histogram(before, name)
+        a, total = histogram(after, name)
+        out[key] = {"updates": int(total - (b[-1][1] if b else 0)), "p50_s": delta_quantile(b, a, 0.5),
+                    "p95_s": delta_quantile(b, a, 0.95)}
+    finals = [m[-1]["call"] if m and m[-1].get("event") == "voiceauth.status" else None for m, _, _ in results]
+    tails = sorted(t for _, _, t in results)
+    out["end_of_call_latency_s"] = {"p50": round(tails[len(tails) // 2], 3),
+                                    "p95": round(tails[min(len(tails) - 1, int(0.95 * len(tails)))], 3)}
+    out["dropped_audio_s"] = round(sum(f["dropped_audio_s"] for f in finals if f), 2)
+    out["clean_closes"] = sum(code == 1000 for _, code, _ in results)
+    genuine = [f for f, (_, _, g) in zip(finals, calls, strict=True) if g]
+    impostor = [f for f, (_, _, g) in zip(finals, calls, strict=True) if not g]
+    out["genuine_authenticated"] = f"{sum(bool(f) and f['status'] == 'authenticated' for f in genuine)}/{len(genuine)}"
+    out["impostor_ever_authenticated"] = (
+        f"{sum('authenticated' in [s for s, _ in statuses(m)] for (m, _, _), (_, _, g) in zip(results, calls, strict=True) if not g)}"  # noqa: E501
+        f"/{len(impostor)}")
+    return out
+
+
+def make_calls(speakers: dict[str, list[Path]], n: int, seconds: float, seed: int = 0) -> list:
+    rng = random.Random(seed)
+    ids = sorted(speakers)
+    cache: dict[str, list[bytes]] = {}
+    calls = []
+    for i in range(n):
+        spk = ids[i % len(ids)]
+        if spk not in cache:
+            cache[spk] = frames_of(speakers[spk][3:8], seconds)
+        genuine = i % 3 != 2
+        claimed = spk if genuine else rng.choice([s for s in ids if s != spk])
+        calls.append((claimed, cache[spk], genuine))
+    return calls
+
+
+async def soak(service: Service, speakers: dict[str, list[Path]], n_calls: int, n_verifies: int,
+               seconds: float) -> dict[str, object]:
+    rss: list[tuple[float, float]] = []
+    t0 = time.monotonic()
+    done = {"calls": 0, "verifies": 0, "authenticated": 0, "accepted": 0}
+
+    async def sample() -> None:
+        while True:
+            rss.append((round(time.monotonic() - t0, 1), round(service.stats.rss_mb(), 1)))
+            await asyncio.sleep(0.5)
+
+    calls = make_calls(speakers, n_calls, seconds, seed=1)
+    sem = asyncio.Semaphore(8)
+
+    async def call(claimed: str, frames: list[bytes]) -> None:
+        async with sem:
+            messages, _, _ = await twilio_call(service.ws, service.keys["ivr"], claimed, frames, 0.005)
+        done["calls"] += 1
+        done["authenticated"] += bool(statuses(messages)) and statuses(messages)[-1][0] == "authenticated"
+
+    ids = sorted(speakers)
+    samples = {s: wav_bytes(phone(speakers[s][8]), 8000) for s in ids}
+
+    async def verifies() -> None:
+        for i in range(n_verifies):
+            spk = ids[i % len(ids)]
+            status, body = await asyncio.to_thread(request, "POST", f"{service.http}/v1/customers/{spk}/verify",
+                                                   service.keys["teller"], None, [("audio", "a.wav", samples[spk])])
+            done["verifies"] += 1
+            done["accepted"] += status == 200 and body["decision"] == "accept"
+
+    sampler = asyncio.create_task(sample())
+    await asyncio.gather(verifies(), *(call(c, f) for c, f, _ in calls))
+    sampler.cancel()
+    values = [v for _, v in rss]
+    quarter = max(1, len(values) // 4)
+    return {**done, "wall_s": round(time.monotonic() - t0, 1), "rss_mb_start": values[0],
+            "rss_mb_max": max(values), "rss_mb_end": values[-1],
+            "rss_mb_first_quarter_max": max(values[:quarter]), "rss_mb_last_quarter_max": max(values[-quarter:]),
+            "rss_timeline": rss[:: max(1, len(rss) // 200)]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", type=int, nargs="+", default=[10, 25, 50])
+    parser.add_argument("--seconds", type=float, default=12.0, help="audio per capacity call")
+    parser.add_argument("--stagger", type=float, default=0.05, help="seconds between call starts")
+    parser.add_argument("--soak-calls", type=int, default=200)
+    parser.add_argument("--soak-verifies", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=RESULTS / "service.json")
+    args = parser.parse_args()
+    speakers = {d.name: sorted(d.glob("*.flac")) for d in sorted((LIBRI / "test-other").iterdir()) if d.is_dir()}
+    with tempfile.TemporaryDirectory() as tmp:
+        service = Service(Path(tmp))
+        try:
+            enrol(service, speakers)
+            report: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()},
+                                         "seconds_per_call": args.seconds, "levels": {}}
+            rss_ready = service.stats.rss_mb()
+            report["server_rss_mb_after_enrolment"] = round(rss_ready, 0)
+            for n in [1, *args.levels]:
+                result = asyncio.run(level(service, make_calls(speakers, n, args.seconds), 0.02, args.stagger))
+                report["levels"][str(n)] = result  # type: ignore[index]
+                print(f"N={n}: {json.dumps(result)}", flush=True)
+            if args.soak_calls or args.soak_verifies:
+                report["soak"] = asyncio.run(soak(service, speakers, args.soak_calls, args.soak_verifies, 8.0))
+                print("soak:", {k: v for k, v in report["soak"].items() if k != "rss_timeline"}, flush=True)  # type: ignore[union-attr]
+        finally:
+            service.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

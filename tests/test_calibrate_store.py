@@ -1,0 +1,208 @@
+"""Calibrating on the store's own trials: minimums, held-out check, versions and rollback, drift, the reject
+rule, the spoof reference, and the commands (outcome, calibrate --from-store, health)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from pg_server import pg_url  # noqa: F401 - a fixture
+
+from voiceauth.cli import cli
+from voiceauth.decision import CallMargins as Margins
+from voiceauth.decision import CallStatus, Decision, decide, decide_call
+from voiceauth.errors import CalibrationError
+from voiceauth.fraud.reference import FALSE_ALARM, FAR_OUTSIDE_LOG_ODDS, MIN_REFERENCE, ChannelReference
+from voiceauth.models import ECAPA
+from voiceauth.scoring.calibration import Calibration, default_calibration
+from voiceauth.scoring.drift import drift
+from voiceauth.scoring.normalisation import Normalisation
+from voiceauth.scoring.policy import REJECT_LLR, Policy
+from voiceauth.services.recalibrate import min_impostor_trials, needed, payload, refit, store_calibrations
+from voiceauth.store.sqlite import SQLiteStore
+from voiceauth.store.trials import Trial, TrialKind
+
+MODEL = ECAPA.model_id
+
+
+def in_domain(n_genuine: int, n_impostor: int, seed: int = 0, shift: float = 0.0) -> list[Trial]:
+    """Labelled raw-score trials of a 'phone channel' where impostors score higher than on clean speech."""
+    rng = np.random.default_rng(seed)
+    speech = rng.uniform(2.0, 12.0, n_genuine + n_impostor)
+    genuine = rng.normal(0.72 + shift, 0.1, n_genuine)
+    impostor = rng.normal(0.40 + shift, 0.08, n_impostor)
+    out = []
+    for i, (score, label) in enumerate([(s, True) for s in genuine] + [(s, False) for s in impostor]):
+        out.append(Trial(f"t-{seed:04x}{i:020x}", TrialKind.ENROL_GENUINE if label else TrialKind.ENROL_IMPOSTOR,
+                         MODEL, "ivr-8k", "raw", float(score), None, float(speech[i]), label=label, source="enrolment"))
+    return out
+
+
+def test_refit_needs_enough_trials_and_says_how_many() -> None:
+    policy = Policy(target_far=0.01)
+    assert needed(policy) == {"genuine": 143, "impostor": 1429} and min_impostor_trials(0.05) == 286
+    with pytest.raises(CalibrationError, match=r"has 100 genuine and 1000 impostor .* needs 143 and 1429"):
+        refit(in_domain(100, 1000), policy, MODEL, default_calibration(), channel="ivr-8k")
+
+
+def test_shipped_calibration_misstates_far_in_domain_and_the_refit_holds_on_held_out_trials() -> None:
+    policy = Policy(target_far=0.01)
+    train, test = in_domain(400, 3000, seed=1), in_domain(400, 3000, seed=2)
+    scores = np.array([t.raw for t in test])
+    labels = np.array([bool(t.label) for t in test])
+    speech = np.array([t.speech_s for t in test])
+    shipped = default_calibration().get(Normalisation.RAW)
+    before = policy.thresholds(shipped)
+    far_before = float((np.asarray(shipped.llr(scores[~labels], speech[~labels])) >= before.accept_llr).mean())
+    assert far_before > before.expected_far_interval.high  # stated on LibriSpeech, wrong on this channel
+
+    fit = refit(train, policy, MODEL, default_calibration(), channel="ivr-8k")
+    assert fit.passed and fit.kept_from_base == ["as-norm"]
+    check = fit.checks["raw"]
+    assert check["fit_impostor"] == 2100 and check["held_impostor"] == 900
+    assert fit.calibrations is not None
+    cal = fit.calibrations.get(Normalisation.RAW)
+    after = policy.thresholds(cal)
+    far_after = float((np.asarray(cal.llr(scores[~labels], speech[~labels])) >= after.accept_llr).mean())
+    assert after.expected_far_interval.low <= far_after <= after.expected_far_interval.high
+
+
+def test_versions_activate_roll_back_and_reach_the_client(tmp_path: Path) -> None:
+    from standin_voices import STANDIN_CALIBRATION, ToneEmbedder
+
+    from voiceauth.client import VoiceAuth
+
+    store = SQLiteStore(tmp_path / "vp.db")
+    trials = [Trial(**{**t.__dict__, "model_id": ToneEmbedder.model_id, "channel": ""}) for t in in_domain(300, 2000)]
+    store.add_trials(trials)
+    fit = refit(store.trials(model_id=ToneEmbedder.model_id, labelled=True), Policy(), ToneEmbedder.model_id,
+                STANDIN_CALIBRATION)
+    assert fit.calibrations is not None
+    v1 = store.save_calibration(ToneEmbedder.model_id, "", payload(fit.calibrations), fit.report(), actor="t")
+    v2 = store.save_calibration(ToneEmbedder.model_id, "", payload(fit.calibrations), fit.report(), actor="t")
+    assert [v.active for v in store.calibration_versions()] == [False, True]
+    store.close()
+
+    va = VoiceAuth(tmp_path / "vp.db", embedder=ToneEmbedder(), spoof=False)  # type: ignore[arg-type]
+    assert va.services.calibration_versions == {"": v2}
+    assert va.scorer.calibrations.get(Normalisation.RAW).source.startswith("store:")
+    va.store.activate_calibration(v1, actor="ops")
+    va.reload_calibrations()
+    assert va.services.calibration_versions == {"": v1}
+    va.store.deactivate_calibrations(ToneEmbedder.model_id, "", actor="ops")
+    assert store_calibrations(va.store, ToneEmbedder.model_id) == {}
+    actions = [(e.action, e.outcome) for e in va.store.audit_events() if e.action.startswith("calibration")]
+    assert actions == [("calibration_fit", "activated"), ("calibration_fit", "activated"),
+                       ("calibration_activate", "rollback"), ("calibration_activate", "shipped")]
+    va.close()
+
+
+def test_commands_outcome_calibrate_from_store_rollback_and_health(tmp_path: Path) -> None:
+    db = str(tmp_path / "vp.db")
+    store = SQLiteStore(db)
+    store.add_trials(in_domain(300, 2000))
+    store.add_trials([Trial("t-" + "a" * 24, TrialKind.VERIFY, MODEL, "ivr-8k", "raw", 0.6, None, 6.0, llr=3.0)])
+    store.close()
+    runner = CliRunner()
+
+    def run(*args: str) -> tuple[int, str]:
+        result = runner.invoke(cli, [*args, "--store", db], catch_exceptions=False)
+        return result.exit_code, result.output
+
+    code, out = run("outcome", "t-" + "a" * 24, "--genuine", "--source", "kba")
+    assert code == 0 and "genuine" in out
+    code, out = run("calibrate", "--from-store", "--per-channel", "--json")
+    assert code == 0, out
+    fits = json.loads(out)["fits"]
+    assert fits["(all)"]["active"] and fits["ivr-8k"]["active"]
+    assert fits["(all)"]["held_out_checks"]["raw"]["far_consistent"]
+    code, out = run("calibrate", "--list", "--json")
+    assert [(v["version"], v["channel"], v["active"]) for v in json.loads(out)] == [(1, "", True), (2, "ivr-8k", True)]
+    code, out = run("calibrate", "--rollback", "--channel", "ivr-8k")
+    assert code == 0 and "shipped" in out
+    code, out = run("health", "--channel", "ivr-8k", "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    # the channel's own version is rolled back: the default one (v1), fitted on these very trials, is in force
+    assert report["labelled"]["genuine"] == 301 and report["calibration_version"] == 1
+    assert report["by"]["raw"]["impostor"]["level"] == "stable"
+    code, out = run("calibrate", "--rollback")
+    assert code == 0 and "shipped" in out
+    code, out = run("health", "--json")
+    assert json.loads(out)["by"]["raw"]["impostor"]["level"] == "major"  # the shipped one never saw this channel
+    code, out = run("health")
+    assert code == 0 and "PSI" in out and "calibration in force: shipped" in out
+
+
+def test_drift_levels() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0.3, 0.1, 4000)
+    assert drift(ref, rng.normal(0.3, 0.1, 500)).level == "stable"
+    assert drift(ref, rng.normal(0.36, 0.1, 500)).level in ("moderate", "major")
+    assert drift(ref, rng.normal(0.5, 0.1, 500)).level == "major"
+    few = drift(ref, rng.normal(0.5, 0.1, 10))
+    assert few.psi is None and "unknown" in few.describe()
+
+
+@pytest.mark.parametrize("target_far", [0.001, 0.01, 0.05])
+@pytest.mark.parametrize("max_false_reject", [0.02, 0.2, 0.5])
+def test_no_reject_on_evidence_that_favours_the_claim(target_far: float, max_false_reject: float) -> None:
+    """A confident 'not the customer' needs LLR below REJECT_LLR < 0, whatever the calibration and policy."""
+    cals = [*default_calibration().by_normalisation.values()]
+    rng = np.random.default_rng(1)
+    scores = np.concatenate([rng.normal(0.5, 0.1, 300), rng.normal(0.35, 0.1, 3000)])
+    labels = np.arange(len(scores)) < 300  # overlapping classes: the FRR threshold alone would sit above 0
+    cals.append(Calibration.fit(scores, labels, rng.uniform(2, 10, len(scores))))
+    for cal in cals:
+        th = Policy(target_far=target_far, max_false_reject=max_false_reject).thresholds(cal)
+        assert th.reject_llr <= REJECT_LLR < 0 <= th.accept_llr
+        for llr in np.linspace(0.0, 5.0, 51):
+            assert decide(float(llr), 5.0, th, min_speech_s=1.0) is not Decision.REJECT
+            for current in (CallStatus.PENDING, CallStatus.AUTHENTICATED):
+                verdict = decide_call(current, float(llr), 5.0, Normalisation.RAW, th, margins=Margins(),
+                                      min_speech_s=3.0, barred=False, spoof_covered=True)
+                assert verdict.status is not CallStatus.NOT_AUTHENTICATED
+
+
+def test_spoof_reference_advisory_until_enough_then_calibrated() -> None:
+    empty = ChannelReference("ivr-8k", np.array([]), detector_threshold=-10.0)
+    assert empty.assess(-10.5).gate and not empty.assess(-9.0).flag  # no reference: the detector decides
+    few = ChannelReference("ivr-8k", np.sort(np.random.default_rng(0).normal(-4, 3, 60)), detector_threshold=-10.0)
+    lowest = float(few.scores.min())
+    assert not few.calibrated and lowest < -10.0
+    seen_low = few.assess(lowest + 0.1)
+    assert not seen_low.gate and seen_low.flag and "advisory" in seen_low.reason  # a live caller scored lower
+    assert few.assess(lowest - FAR_OUTSIDE_LOG_ODDS - 0.1).gate  # far outside every bona fide score seen
+    clean = ChannelReference("app-16k", np.array([-2.0, 1.0, 3.0]), detector_threshold=-10.0)
+    assert clean.threshold == -10.0 and clean.assess(-10.5).gate  # nothing seen below the detector: it decides
+    full = ChannelReference("ivr-8k", np.sort(np.random.default_rng(1).normal(-4, 3, MIN_REFERENCE)), -10.0)
+    assert full.calibrated
+    flagged = float((full.scores < full.threshold).mean())
+    assert flagged <= FALSE_ALARM and full.false_alarm_interval is not None
+    assert full.false_alarm_interval.low <= flagged <= full.false_alarm_interval.high
+    assert "flags 2%" in full.describe() and full.to_dict()["mode"] == "calibrated"
+
+
+def test_trial_and_calibration_tables_on_postgresql(pg_url: str) -> None:  # noqa: F811 - fixture from pg_server
+    from pg_server import fresh_database
+
+    from voiceauth.store import open_store
+
+    store = open_store(fresh_database(pg_url))
+    try:
+        store.add_trials(in_domain(300, 2000))
+        store.add_trials([Trial("t-" + "b" * 24, TrialKind.CALL, MODEL, "ivr-8k", "as-norm", 0.6, 4.2, 9.0, llr=2.5)])
+        assert store.label_trial("t-" + "b" * 24, True, "kba", actor="t").label is True
+        assert len(store.trials(labelled=True)) == 2301 and store.trial_channels() == ["ivr-8k"]
+        fit = refit(store.trials(model_id=MODEL, labelled=True), Policy(), MODEL, default_calibration())
+        assert fit.calibrations is not None
+        v1 = store.save_calibration(MODEL, "ivr-8k", payload(fit.calibrations), fit.report(), actor="t")
+        v2 = store.save_calibration(MODEL, "ivr-8k", payload(fit.calibrations), fit.report(), actor="t")
+        assert store.active_calibration(MODEL, "ivr-8k").version == v2  # type: ignore[union-attr]
+        store.activate_calibration(v1, actor="t")
+        assert set(store_calibrations(store, MODEL)) == {"ivr-8k"} and store.verify_audit().ok
+    finally:
+        store.close()

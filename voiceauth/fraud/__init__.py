@@ -1,0 +1,1 @@
+"""Fraud screens: spoof (synthetic / replayed speech) detection and the watchlist."""

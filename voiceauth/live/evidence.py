@@ -1,0 +1,115 @@
+"""The evidence of a live call: speech segments and the running call embedding."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from voiceauth.audio.decode import MODEL_RATE, resample
+from voiceauth.live.screens import ScreenInput
+from voiceauth.speech.activity import Kept, frame_length
+from voiceauth.speech.pauses import remove_dc
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(x))
+    return (x / norm).astype(np.float32) if norm > 0 else np.zeros_like(x, dtype=np.float32)
+
+
+
+@dataclass(frozen=True)
+class Segment:
+    samples: np.ndarray = field(repr=False)
+    """16 kHz float32 speech with its short pauses."""
+    speech_s: float
+    """Net speech in it (seconds of speech frames)."""
+    fed_at: float
+    """Monotonic time the last chunk of this segment was fed (for decision latency)."""
+
+
+@dataclass
+class Evidence:
+    """The running call embedding and the ring of recent segment embeddings."""
+
+    ring_size: int
+    total: np.ndarray
+    seconds: float = 0.0
+    ring: deque[tuple[np.ndarray, float]] = field(default_factory=deque)
+
+    def add(self, embedding: np.ndarray, seconds: float) -> None:
+        self.total = self.total + embedding.astype(np.float64) * seconds
+        self.seconds += seconds
+        self.ring.append((embedding, seconds))
+        while len(self.ring) > self.ring_size:
+            self.ring.popleft()
+
+    def restart_from_recent(self) -> None:
+        self.total = sum((e.astype(np.float64) * s for e, s in self.ring), np.zeros_like(self.total))
+        self.seconds = sum(s for _, s in self.ring)
+
+    def screen_input(self, customer_id: str) -> ScreenInput:
+        recent = sum((e.astype(np.float64) * s for e, s in self.ring), np.zeros_like(self.total))
+        recent_s = sum(s for _, s in self.ring)
+        return ScreenInput(
+            customer_id, unit(self.total), self.seconds, unit(recent), recent_s,
+            unit(self.total - recent), max(self.seconds - recent_s, 0.0),
+        )
+
+
+class Segmenter:
+    """Cuts what a call's speaker model hears (input rate) into segments, resampled to 16 kHz.
+
+    A segment closes once it holds ``segment_s`` seconds of speech frames; the short pauses and
+    pads the gate kept (:meth:`~voiceauth.speech.activity.SpeechGate.push_kept`) stay in it, so
+    ``Segment.speech_s`` is net speech while the samples are longer. A DC offset is removed
+    per segment.
+    """
+
+    def __init__(self, sample_rate: int, segment_s: float, min_flush_s: float) -> None:
+        self.sample_rate = sample_rate
+        self.frame = frame_length(sample_rate)
+        self.per_segment = max(1, int(round(segment_s * sample_rate / self.frame)))
+        """Speech frames in one segment."""
+        self.min_flush = min_flush_s * sample_rate / self.frame
+        self._frames: list[np.ndarray] = []
+        self._voiced: list[np.ndarray] = []
+        self._held = 0
+        """Speech frames held."""
+
+    def push(self, kept: Kept, fed_at: float) -> list[Segment]:
+        """Add what the gate kept; returns the whole segments it completes (the rest waits for more)."""
+        if len(kept.voiced) == 0:
+            return []
+        self._frames.append(kept.samples.reshape(-1, self.frame))
+        self._voiced.append(kept.voiced)
+        self._held += int(kept.voiced.sum())
+        if self._held < self.per_segment:
+            return []
+        frames, voiced = np.concatenate(self._frames), np.concatenate(self._voiced)
+        count = np.cumsum(voiced)
+        out, start = [], 0
+        for k in range(self.per_segment, int(count[-1]) + 1, self.per_segment):
+            end = int(np.searchsorted(count, k)) + 1  # just after the k-th speech frame
+            out.append(self._segment(frames[start:end], self.per_segment, fed_at))
+            start = end
+        self._frames, self._voiced = [frames[start:]], [voiced[start:]]
+        self._held = int(voiced[start:].sum())
+        return out
+
+    def flush(self) -> list[Segment]:
+        """At the end of the call: the left-over speech as a last, shorter segment when long enough."""
+        long_enough = self._held > 0 and self._held >= self.min_flush
+        held = [self._segment(np.concatenate(self._frames), self._held, time.monotonic())] if long_enough else []
+        self.clear()
+        return held
+
+    def clear(self) -> None:
+        self._frames, self._voiced, self._held = [], [], 0
+
+    def _segment(self, frames: np.ndarray, speech_frames: int, fed_at: float) -> Segment:
+        samples = remove_dc(frames.reshape(-1))
+        return Segment(resample(samples, self.sample_rate, MODEL_RATE), speech_frames * self.frame / self.sample_rate,
+                       fed_at)

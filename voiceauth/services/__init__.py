@@ -1,0 +1,1 @@
+"""Services composed from the building blocks: cohort cache, the one enrolment path, bulk enrolment."""

@@ -1,0 +1,174 @@
+"""What the facade's parts share: the store, the models, the cohort, and preparing audio.
+
+:class:`voiceauth.client.VoiceAuth` builds one :class:`Services` and hands it to the
+watchlist, the live-call pool and bulk enrolment, so that none of them needs the facade.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+
+from voiceauth.audio.decode import Audio, load_audio
+from voiceauth.errors import ModelMismatchError, NoSpeechError, NotEnrolledError
+from voiceauth.results import Flag, SampleReport
+from voiceauth.services.cohort import CohortCache
+from voiceauth.services.index import IdentifyIndex
+from voiceauth.speech.activity import SpeechAnalysis, analyse
+from voiceauth.store.base import AuditRecord, Namespace, Store, Voiceprint
+
+MIN_SAMPLE_SPEECH_S = 1.0
+"""Samples with less net speech than this are reported but not used."""
+
+if TYPE_CHECKING:
+    from voiceauth.embedding.base import Embedder
+    from voiceauth.fraud.reference import SpoofReferences
+    from voiceauth.fraud.spoof import SpoofDetector
+    from voiceauth.scoring.policy import Policy
+    from voiceauth.scoring.scorer import Scorer
+    from voiceauth.services.harvest import Harvester
+
+AudioSource = Union[str, "os.PathLike[str]", np.ndarray, Audio]
+
+
+@dataclass
+class Services:
+    """The shared parts of one ``VoiceAuth``.
+
+    Mutable on purpose and shared by reference: ``va.embedder = ...`` (or any other of these
+    attributes set on the facade) reaches the watchlist and the live calls too.
+    """
+
+    store: Store
+    embedder: Embedder
+    scorer: Scorer
+    policy: Policy
+    spoof: SpoofDetector | None
+    actor: str
+    enrol_speech_s: float
+    cohort: CohortCache = field(default_factory=CohortCache)
+    index: IdentifyIndex = field(default_factory=IdentifyIndex)
+    """The 1:N identification index, in memory only, built on the first ``identify`` (issue 17)."""
+    channel_scorers: dict[str, Scorer] = field(default_factory=dict)
+    """Scorers of calibrations fitted on one channel tag's trials (``voiceauth calibrate --from-store``)."""
+    calibration_versions: dict[str, int] = field(default_factory=dict)
+    spoof_reference: SpoofReferences | None = None
+    harvester: Harvester | None = None
+    """Records trials (:mod:`voiceauth.services.harvest`); set by the Harvester itself."""
+    """The spoof check's bona fide reference per channel tag (:mod:`voiceauth.fraud.reference`)."""
+    """Store calibration version in force per channel tag (``""``: untagged; 0 or absent: shipped/file)."""
+
+    def scorer_for(self, channel: str | None) -> Scorer:
+        """The scorer of the channel tag's own calibration, else the default one."""
+        return self.channel_scorers.get(channel or "", self.scorer)
+
+    def cohort_matrix(self, exclude: str = "") -> np.ndarray:
+        """The AS-norm cohort for the current model, without customer ``exclude``."""
+        return self.cohort.matrix(self.store, self.embedder.model_id, exclude)
+
+    def forget(self, *customer_ids: str) -> None:
+        """Customer voiceprints were erased (or may have been) in this process: drop them from the
+        cohort and the 1:N index at once (other processes follow the store's change feed)."""
+        self.cohort.invalidate()
+        self.index.forget(customer_ids)
+
+    def record_use(self, customer_id: str, event: AuditRecord) -> None:
+        """Mark the voiceprint used now and audit ``event``, in one transaction where the store can."""
+        touch_audited = getattr(self.store, "touch_audited", None)
+        if touch_audited is not None:
+            touch_audited(Namespace.CUSTOMER, customer_id, time.time(), event)
+        else:
+            self.store.touch(Namespace.CUSTOMER, customer_id, time.time())
+            self.store.audit(event)
+
+    def refresh_cohort(self) -> int | None:
+        """Re-draw the current model's bounded cohort now (a scheduled, off-peak job); its version,
+        or None while the store is small enough to be the cohort itself."""
+        return self.cohort.refresh(self.store, self.embedder.model_id)
+
+    def load_voiceprint(self, customer_id: str) -> Voiceprint:
+        """The customer's complete voiceprint of the current model; NotEnrolledError / ModelMismatchError else."""
+        voiceprint = self.store.get(Namespace.CUSTOMER, customer_id)
+        if voiceprint is None:
+            raise NotEnrolledError(f"customer {customer_id} is not enrolled; enrol them first (voiceauth enroll)")
+        if not voiceprint.complete:
+            raise NotEnrolledError(
+                f"enrolment of {customer_id} is incomplete ({voiceprint.speech_s:.1f} s of "
+                f"{self.enrol_speech_s:.0f} s of speech); add speech with enroll()"
+            )
+        if voiceprint.model_id != self.embedder.model_id:
+            raise ModelMismatchError(
+                f"{customer_id}'s voiceprint was made by model {voiceprint.model_id}, not {self.embedder.model_id}; "
+                "score with that model or re-enrol the customer with replace=True"
+            )
+        return voiceprint
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Analysed speech of the samples of one request, before anything is written."""
+
+    speech: list[np.ndarray]
+    """What the speaker model hears of each used sample: long non-speech out, short pauses kept
+    (:attr:`~voiceauth.speech.activity.SpeechAnalysis.trimmed`)."""
+    reports: list[SampleReport]
+    seconds: list[float] = field(default_factory=list)
+    """Net speech of each used sample (weights and enrolment progress: never the pauses)."""
+    voiced: list[np.ndarray] = field(default_factory=list)
+    """Only the speech frames of each used sample (the spoof check's input)."""
+
+
+def source_name(source: AudioSource, index: int) -> str:
+    """The file name of ``source``, or ``sample-<index>`` for audio in memory."""
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).name
+    return f"sample-{index}"
+
+
+def analysis_flags(analysis: SpeechAnalysis) -> tuple[Flag, ...]:
+    return tuple(Flag(f.value) for f in analysis.report.flags)
+
+
+def as_sources(samples: Sequence[AudioSource] | AudioSource) -> list[AudioSource]:
+    """One recording or several, as a non-empty list; NoSpeechError when empty."""
+    sources = [samples] if isinstance(samples, (str, os.PathLike, np.ndarray, Audio)) else list(samples)
+    if not sources:
+        raise NoSpeechError("no samples given; pass at least one recording")
+    return sources
+
+
+def prepare(
+    sources: Sequence[AudioSource],
+    sample_rate: int | None = None,
+    channel: int | None = None,
+    on_sample: Callable[[SampleReport], None] | None = None,
+) -> Prepared:
+    """Decode and analyse every sample; keep the speech of those with enough of it."""
+    speech: list[np.ndarray] = []
+    reports: list[SampleReport] = []
+    seconds: list[float] = []
+    voiced: list[np.ndarray] = []
+    for index, source in enumerate(sources):
+        audio = load_audio(source, sample_rate=sample_rate, channel=channel)
+        analysis = analyse(audio)
+        flags = analysis_flags(analysis)
+        speech_s = analysis.report.speech_s
+        used = speech_s >= MIN_SAMPLE_SPEECH_S
+        if speech_s == 0:
+            flags += (Flag.NO_SPEECH,)
+        elif not used and Flag.TOO_SHORT not in flags:
+            flags += (Flag.TOO_SHORT,)
+        reports.append(SampleReport(source_name(source, index), round(speech_s, 2), used, flags))
+        if on_sample is not None:
+            on_sample(reports[-1])
+        if used:
+            speech.append(analysis.trimmed.samples)
+            seconds.append(speech_s)
+            voiced.append(analysis.speech.samples)
+    return Prepared(speech, reports, seconds, voiced)
