@@ -15,7 +15,7 @@ from standin_voices import STANDIN_CALIBRATION, ToneEmbedder, voice
 
 from voiceauth.audio.g711 import mulaw_encode
 from voiceauth.client import VoiceAuth
-from voiceauth.errors import StoreError, VoiceAuthError
+from voiceauth.errors import OutcomeError, VoiceAuthError
 from voiceauth.live import SessionPool, SessionSettings
 from voiceauth.store.base import Consent
 from voiceauth.store.trials import TrialKind
@@ -107,15 +107,15 @@ def test_verification_trial_and_reported_outcome(va: VoiceAuth) -> None:
     assert trial[genuine.trial_id].channel == "ivr-8k" and trial[impostor.trial_id].channel == ""
     assert va.report_outcome(genuine.trial_id, genuine=True, source="kba").label is True
     assert va.report_outcome(genuine.trial_id, genuine=True, source="kba").label is True  # the same again: no-op
-    with pytest.raises(StoreError, match="already reported genuine"):
+    with pytest.raises(OutcomeError, match="already reported genuine"):
         va.report_outcome(genuine.trial_id, genuine=False, source="fraud_case")
     va.report_outcome(impostor.trial_id, genuine=False, source="fraud_case")
-    with pytest.raises(StoreError, match="no trial"):
+    with pytest.raises(OutcomeError, match="no trial"):
         va.report_outcome("t-" + "0" * 24, genuine=True, source="kba")
     with pytest.raises(VoiceAuthError, match="not a trial id"):
         va.report_outcome("cust-3", genuine=True, source="kba")
     enrolment_trial = va.store.trials(kinds=(TrialKind.ENROL_GENUINE,))[0]
-    with pytest.raises(StoreError, match="enrolment trial"):
+    with pytest.raises(OutcomeError, match="enrolment trial"):
         va.report_outcome(enrolment_trial.trial_id, genuine=False, source="kba")
     outcomes = [e for e in va.store.audit_events() if e.action == "trial_outcome"]
     assert [e.outcome for e in outcomes] == ["genuine", "impostor"] and all(e.subject_id is None for e in outcomes)

@@ -21,7 +21,8 @@ PUBLIC = {
     "VoiceAuthError", "AudioError", "AudioDecodeError", "NoSpeechError", "ModelError", "ModelUnavailableError",
     "ModelChecksumError", "ModelMismatchError", "SpeechStackError", "StoreError", "StoreCorruptError",
     "KeyMissingError", "TamperedError", "NotEnrolledError", "AlreadyEnrolledError", "ErasureIncompleteError",
-    "InvalidIdError", "ConsentError", "OptedOutError", "CalibrationError", "CorpusError", "SessionError",
+    "InvalidIdError", "ConsentError", "OptedOutError", "CalibrationError", "OutcomeError", "CorpusError",
+    "SessionError",
     "__version__",
 }
 

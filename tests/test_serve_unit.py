@@ -106,6 +106,27 @@ def test_rest_enrol_verify_opt_out_delete_with_keys_scopes_and_audit(server: Ser
             ("delete", "key:ops"), ("identify", "key:teller")} <= actors
 
 
+def test_outcome_reports_and_openapi(server: Server) -> None:
+    url, k = server.http, server.keys
+    speech = [("audio", "a.wav", wav_bytes(synth(6, 16000), 16000))]
+    status, body = request("POST", f"{url}/v1/customers/cust-1/verify", k["teller"], files=speech)
+    assert status == 200 and body["trial_id"], body
+    outcome = f"{url}/v1/outcomes/{body['trial_id']}"
+    as_json = {"Content-Type": "application/json"}
+    assert request("POST", outcome, k["teller"], body=b'{"genuine": true, "source": "kba"}', headers=as_json)[0] == 403
+    status, err = request("POST", outcome, k["ops"], body=b'{"genuine": "yes"}', headers=as_json)
+    assert status == 400 and "genuine" in err["message"]
+    status, err = request("POST", outcome, k["ops"], body=b"not json", headers=as_json)
+    assert status == 400 and "JSON" in err["message"]
+    status, trial = request("POST", outcome, k["ops"], body=b'{"genuine": true, "source": "kba"}', headers=as_json)
+    assert status == 200 and trial["trial_id"] == body["trial_id"] and "cust-1" not in json.dumps(trial), trial
+    status, err = request("POST", outcome, k["ops"], body=b'{"genuine": false, "source": "kba"}', headers=as_json)
+    assert 400 <= status < 500 and "Traceback" not in json.dumps(err)  # a conflicting outcome is refused
+    status, spec = request("GET", f"{url}/openapi.json")
+    assert status == 200 and spec["openapi"].startswith("3.")
+    assert {"/v1/customers/{customer_id}/verify", "/v1/outcomes/{trial_id}", "/v1/identify"} <= set(spec["paths"])
+
+
 def test_rest_upload_limits(va: VoiceAuth) -> None:
     with running(va, Limits(max_upload_bytes=50_000)) as srv:
         big = [("audio", "a.wav", wav_bytes(synth(4, 16000), 16000))]  # 128 kB

@@ -23,6 +23,7 @@ and every message says what happened and what to do about it::
     ├── ConsentError               enrolment without a consent record
     ├── OptedOutError              the customer opted out of voice biometrics
     ├── CalibrationError           trials or calibration parameters unusable
+    ├── OutcomeError               an outcome report names an unknown trial or contradicts an earlier one
     ├── CorpusError                a benchmark corpus has the wrong shape
     └── SessionError               misuse of a live call session
 """
@@ -113,6 +114,10 @@ class OptedOutError(VoiceAuthError):
 
 class CalibrationError(VoiceAuthError):
     """Calibration trials or parameters are unusable."""
+
+
+class OutcomeError(VoiceAuthError):
+    """An outcome report names no trial of a verification or call, or contradicts an earlier report."""
 
 
 class CorpusError(VoiceAuthError):

@@ -12,6 +12,7 @@ from voiceauth import (
     ModelError,
     NotEnrolledError,
     OptedOutError,
+    OutcomeError,
     SessionError,
     StoreError,
     VoiceAuthError,
@@ -68,6 +69,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (NotEnrolledError, 404),
     (AlreadyEnrolledError, 409),
     (OptedOutError, 409),
+    (OutcomeError, 409),
     (ErasureIncompleteError, 500),
     (StoreError, 500),  # key missing, tampering, corrupt store: the operator's problem, not the caller's
     (ModelError, 503),

@@ -1,4 +1,4 @@
-"""REST endpoints: enrol, verify, identify, opt-out, delete, watchlist, live calls.
+"""REST endpoints: enrol, verify, identify, opt-out, delete, watchlist, outcomes, live calls, OpenAPI.
 
 Uploads are ``multipart/form-data`` with one or more ``audio`` file parts (WAV, FLAC or OGG),
 decoded in memory (never written to disk) and dropped after the request. Each request acts
@@ -196,6 +196,24 @@ class Rest:
         entries = await run_in_threadpool(self.va.watchlist.list)
         return JSONResponse({"entries": jsonable(entries)})
 
+    async def outcome(self, request: Request) -> JSONResponse:
+        key = self.key(request, Scope.ADMIN)
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise ServeError(f"send the outcome as JSON: genuine (true or false) and source ({exc})") from exc
+        if not isinstance(body, dict) or not isinstance(body.get("genuine"), bool) \
+                or not isinstance(body.get("source"), str) or not body["source"]:
+            raise ServeError('an outcome needs "genuine" (true or false) and "source" (kba, fraud_case, ...)')
+        trial = await run_in_threadpool(acting_as(self.va, key).report_outcome, request.path_params["trial_id"],
+                                        genuine=body["genuine"], source=body["source"][:64])
+        return JSONResponse(jsonable(trial))
+
+    async def openapi(self, request: Request) -> JSONResponse:
+        from voiceauth.serve.openapi import document
+
+        return JSONResponse(document())
+
     async def calls(self, request: Request) -> JSONResponse:
         self.key(request, Scope.AGENT)
         return JSONResponse({"calls": self.hub.snapshot()})
@@ -210,5 +228,7 @@ class Rest:
             Route("/v1/watchlist", self.watchlist_list, methods=["GET"]),
             Route("/v1/watchlist/{label}", self.watchlist_add, methods=["POST"]),
             Route("/v1/watchlist/{label}", self.watchlist_remove, methods=["DELETE"]),
+            Route("/v1/outcomes/{trial_id}", self.outcome, methods=["POST"]),
             Route("/v1/calls", self.calls, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
         ]

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from voiceauth.errors import StoreError
+from voiceauth.errors import OutcomeError, StoreError
 from voiceauth.store.base import AuditRecord
 
 DAY_S = 86_400.0
@@ -141,19 +141,19 @@ class TrialTables:
 
     def label_trial(self, trial_id: str, genuine: bool, source: str, *, actor: str) -> Trial:
         """Record the outcome of one trial. The same outcome again is a no-op; a different one, or a
-        trial that is not a verification or call, is a StoreError. Audited without the trial id."""
+        trial that is not a verification or call, is an OutcomeError. Audited without the trial id."""
         with self._write() as con:
             row = self._exec(con, f"SELECT {TRIAL_COLUMNS} FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()
             if row is None:
-                raise StoreError(f"no trial {trial_id!r} in this store; pass the trial_id of a verification or "
+                raise OutcomeError(f"no trial {trial_id!r} in this store; pass the trial_id of a verification or "
                                  "call result (calls record theirs when they end)")
             trial = _trial(row)
             if trial.kind not in (TrialKind.VERIFY, TrialKind.CALL):
-                raise StoreError(f"trial {trial_id!r} is an enrolment trial, labelled when it was made")
+                raise OutcomeError(f"trial {trial_id!r} is an enrolment trial, labelled when it was made")
             if trial.label is not None:
                 if trial.label != bool(genuine):
                     said = "genuine" if trial.label else "an impostor"
-                    raise StoreError(f"trial {trial_id!r} was already reported {said} (source {trial.source}); "
+                    raise OutcomeError(f"trial {trial_id!r} was already reported {said} (source {trial.source}); "
                                      "outcomes are not overwritten")
                 return trial
             self._exec(con, "UPDATE trials SET label = ?, source = ? WHERE trial_id = ?",
