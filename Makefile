@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
-LOCK_ARGS := --extra test --extra scale --extra tools --extra serve --generate-hashes --universal --python-version 3.10
+LOCK_ARGS := --extra test --extra scale --extra tools --extra serve --extra index --generate-hashes --universal --python-version 3.10
 
 .PHONY: setup demo test test-unit lint bench lock doctor clean
 

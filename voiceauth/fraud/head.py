@@ -124,6 +124,16 @@ def fit_head(features: np.ndarray, bona_fide: np.ndarray, *, sample_weight: np.n
     """Fit the head by full-batch Adam on weighted logistic loss (bona fide = 1). Seeded, torch on CPU."""
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: more threads only contend (and would vary the sums)
+    try:
+        return _fit(torch, features, bona_fide, sample_weight, hidden, weight_decay, epochs, seed, meta)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(torch: Any, features: np.ndarray, bona_fide: np.ndarray, sample_weight: np.ndarray | None, hidden: int,
+         weight_decay: float, epochs: int, seed: int, meta: dict[str, Any] | None) -> SpoofHead:
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(bona_fide, dtype=np.float64)
     w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
