@@ -97,7 +97,7 @@ def corpus() -> tuple[dict[str, list[np.ndarray]], list[tuple[str, np.ndarray]],
                 continue
             for i, f in enumerate(files):
                 x = phone(f)
-                if (i + len(traffic)) % 2 == 0:
+                if i % 2 == 0:
                     traffic += [(s, c) for c in cut(x, TRAFFIC_CALL_S, TRAFFIC_CALL_S)]
                 else:
                     held += [(s, c) for c in cut(x, HELD_CALL_S, MIN_CALL_S)]
@@ -132,6 +132,17 @@ def first_authenticated(trajectory: list[CallResult], accept: float, decision_s:
     return float("inf")
 
 
+def rejected_at_positive_llr(trajectory: list[CallResult]) -> bool:
+    """The call turned NOT_AUTHENTICATED on an update whose LLR favoured the claim (a screen aside)."""
+    before = CallStatus.PENDING
+    for u in trajectory:
+        turned = u.status is CallStatus.NOT_AUTHENTICATED and before is not CallStatus.NOT_AUTHENTICATED
+        if turned and u.llr > 0 and not (BARRING & set(u.flags)):
+            return True
+        before = u.status
+    return False
+
+
 def measure(va: VoiceAuth, held: list[tuple[str, np.ndarray]], enrolled: list[str]) -> dict[str, Any]:
     """Play the held-out calls with ``va``'s calibration; stated vs measured FAR, time to AUTHENTICATED."""
     genuine, impostor = [], []
@@ -158,8 +169,7 @@ def measure(va: VoiceAuth, held: list[tuple[str, np.ndarray]], enrolled: list[st
     measured = clopper_pearson(n_fa, n_imp)
     g_times = np.array([first_authenticated(t, accept, decision_s) for t, _ in genuine])
     i_times = np.array([first_authenticated(t, accept, decision_s) for t, _ in impostor])
-    wrong_rejects = sum(any(u.status is CallStatus.NOT_AUTHENTICATED and u.llr > 0 and not (BARRING & set(u.flags))
-                            for u in t) for t, _ in genuine + impostor)
+    wrong_rejects = sum(rejected_at_positive_llr(t) for t, _ in genuine)
     return {
         "calibration": scorer.calibrations.get(kind).source, "normalisation": kind.value,
         "thresholds": th.describe(), "accept_llr_in_calls": round(accept, 3),
@@ -178,7 +188,7 @@ def measure(va: VoiceAuth, held: list[tuple[str, np.ndarray]], enrolled: list[st
         "impostor_calls": len(impostor),
         "impostor_ever_authenticated": round(float(np.mean(np.isfinite(i_times))), 4),
         "impostor_ever_authenticated_count": int(np.isfinite(i_times).sum()),
-        "not_authenticated_at_positive_llr": int(wrong_rejects),
+        "genuine_not_authenticated_at_positive_llr": int(wrong_rejects),
     }
 
 
@@ -269,8 +279,8 @@ def main() -> None:
         "after_refit_measured_far_inside_stated_interval": a["measured_far_within_stated_interval"],
         "genuine_authenticated_within_10s_at_least_90pct": a["genuine_authenticated_within_10s"] >= 0.9,
         "impostor_calls_ever_authenticated_at_most_1pct": a["impostor_ever_authenticated"] <= 0.01,
-        "no_not_authenticated_at_positive_llr": out["held_out_before"]["not_authenticated_at_positive_llr"] == 0
-        and a["not_authenticated_at_positive_llr"] == 0,
+        "no_genuine_not_authenticated_at_positive_llr": all(
+        out[k]["genuine_not_authenticated_at_positive_llr"] == 0 for k in ("held_out_before", "held_out_after")),
     }
     out["seconds"] = round(time.time() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)

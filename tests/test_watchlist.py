@@ -196,9 +196,9 @@ def test_split_thresholds_keep_the_false_hit_budget(make_client) -> None:  # noq
 
 def test_cohort_normalisation_catches_short_clean_calls(make_client, speakers, librispeech, consent) -> None:  # noqa: ANN001
     """Real speech: with a customer cohort in the store, a 1.6-1.7 s clean call by one of 10 listed
-    fraudsters is flagged; the raw score alone misses it (its calibration is shared with the phone channel),
-    and genuine callers outside the watchlist stay clean."""
-    from voiceauth.fraud.watchlist import Watchlist
+    fraudsters is flagged, and genuine callers outside the watchlist stay clean. (The raw score alone
+    used to miss these calls; since the front end keeps short pauses and word edges (issue 14) it
+    may catch them too, so only the normalised screen is asserted.)"""
     from voiceauth.scoring.normalisation import MIN_COHORT
 
     va = make_client(spoof=False, enrol_speech_s=1.0)
@@ -207,11 +207,9 @@ def test_cohort_normalisation_catches_short_clean_calls(make_client, speakers, l
         va.enroll(f.stem, f, consent=consent)
     for name, files in speakers.items():  # as benchmarks/fraud.py: 10 entries from 2 recordings each
         va.watchlist.add(f"case-{name}", files[:2], reason="account takeover")
-    raw_only = Watchlist(va.services, normalise=False)
     for f in (speakers["2414"][3], speakers["2414"][9]):
         call = va.probe(f)
         assert call.speech_s < 2.0
-        assert raw_only.screen(call.embedding, call.speech_s) is None
         hit = va.watchlist.screen(call.embedding, call.speech_s, customers[0].stem)
         assert hit is not None and hit.label == "case-2414"
     for f in customers[MIN_COHORT + 2:MIN_COHORT + 12]:
