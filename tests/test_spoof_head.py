@@ -13,14 +13,17 @@ import pytest
 from voiceauth import models
 from voiceauth.errors import CalibrationError, ModelChecksumError, ModelUnavailableError
 from voiceauth.fraud.head import (
+    AASIST_DIM,
     FEATURE_DIM,
     HEAD_PATH,
     HEAD_SHA256,
+    SPECTRAL_DIM,
     SpoofHead,
     fit_head,
     head_input,
     load_head,
     save_head,
+    spectral_features,
 )
 from voiceauth.fraud.spoof import (
     AASIST_THRESHOLD,
@@ -97,13 +100,25 @@ def test_sample_weights_move_the_boundary() -> None:
     assert careful.b2 > plain.b2 and np.mean(careful.logodds(x)) > np.mean(plain.logodds(x))
 
 
-def test_head_input_puts_the_aasist_log_odds_last() -> None:
+def test_head_input_order_readout_aasist_spectral() -> None:
     readout = np.arange(2 * 160, dtype=float).reshape(2, 160)
-    rows = head_input(readout, np.array([7.0, -3.0]))
-    assert rows.shape == (2, FEATURE_DIM) and list(rows[:, -1]) == [7.0, -3.0]
-    linear = SpoofHead(np.zeros(FEATURE_DIM), np.ones(FEATURE_DIM), np.zeros(0), np.zeros(0),
-                       np.r_[np.zeros(160), 1.0], 0.5)
+    rows = head_input(readout, np.array([7.0, -3.0]), np.zeros((2, SPECTRAL_DIM)))
+    assert rows.shape == (2, FEATURE_DIM) and list(rows[:, AASIST_DIM - 1]) == [7.0, -3.0]
+    weights = np.zeros(FEATURE_DIM)
+    weights[AASIST_DIM - 1] = 1.0
+    linear = SpoofHead(np.zeros(FEATURE_DIM), np.ones(FEATURE_DIM), np.zeros(0), np.zeros(0), weights, 0.5)
     assert list(linear.logodds(rows)) == [7.5, -2.5]  # a head that passes AASIST's own verdict through
+
+
+def test_spectral_features_are_finite_and_level_invariant() -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(WINDOW_SAMPLES) / 16000
+    voiced = np.sin(2 * np.pi * 150 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(len(t))
+    rows = spectral_features(np.stack([0.3 * voiced, 0.03 * voiced]))
+    assert rows.shape == (2, SPECTRAL_DIM) and np.isfinite(rows).all()
+    np.testing.assert_allclose(rows[0, 1:], rows[1, 1:], atol=1e-4)  # only c0 (the level) moves
+    silence = spectral_features(np.zeros((1, WINDOW_SAMPLES)))
+    assert np.isfinite(silence).all()
 
 
 # -- the detector's configuration (no model) --------------------------------------------------------------

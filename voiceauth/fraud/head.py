@@ -3,8 +3,9 @@
 AASIST (ASVspoof 2019 LA) misses modern neural TTS and takes broadcast-processed or
 phone-coded genuine speech for spoofs. Its weights stay frozen; what changes is the read-out.
 For each ~4 s window of speech the head reads AASIST's 160-d hidden representation (the input of
-its output layer) and its own bona fide log-odds, standardises them, and maps them through one
-small hidden layer to a new bona fide log-odds. It was trained by
+its output layer), its own bona fide log-odds and simple cepstral statistics of the window
+(:func:`spectral_features`), standardises them, and maps them through one small hidden layer to a
+new bona fide log-odds. It was trained by
 ``benchmarks/train_spoof_head.py`` on bona fide LibriSpeech and meeting speech against
 espeak-ng, Piper, Kokoro-82M and Griffin-Lim attacks, every recording through the same four
 simulated channels (clean, G.711, AMR-NB/GSM with noise, broadcast compression with MP3), so
@@ -32,14 +33,59 @@ from voiceauth.errors import ModelChecksumError, ModelUnavailableError
 HEAD_PATH = Path(__file__).resolve().parents[1] / "data" / "spoof_head.npz"
 HEAD_SHA256 = "0000000000000000000000000000000000000000000000000000000000000000"
 """sha256 of the shipped ``spoof_head.npz``; reproduce it with ``benchmarks/train_spoof_head.py``."""
-FEATURE_DIM = 161
+AASIST_DIM = 161
 """AASIST's 160-d read-out and its bona fide log-odds."""
+SPECTRAL_DIM = 83
+"""Cepstral statistics of the window (:func:`spectral_features`)."""
+FEATURE_DIM = AASIST_DIM + SPECTRAL_DIM
+
+_RATE, _FRAME, _HOP, _FFT, _BANDS, _CEPS = 16000, 400, 160, 512, 32, 20
+_FILTERS: np.ndarray | None = None
 
 
-def head_input(readout: np.ndarray, logodds: np.ndarray) -> np.ndarray:
-    """The head's input rows: ``(n, 160)`` read-outs beside their ``(n,)`` AASIST log-odds."""
-    readout = np.asarray(readout, dtype=np.float64).reshape(-1, FEATURE_DIM - 1)
-    return np.concatenate([readout, np.asarray(logodds, dtype=np.float64).reshape(-1, 1)], axis=1)
+def _mel_filters() -> np.ndarray:
+    global _FILTERS
+    if _FILTERS is None:
+        freqs = np.fft.rfftfreq(_FFT, 1 / _RATE)
+        mel = 2595 * np.log10(1 + np.array([60.0, 7800.0]) / 700)
+        edges = 700 * (10 ** (np.linspace(mel[0], mel[1], _BANDS + 2) / 2595) - 1)
+        bank = np.zeros((_BANDS, len(freqs)))
+        for i in range(_BANDS):
+            low, centre, high = edges[i : i + 3]
+            bank[i] = np.clip(np.minimum((freqs - low) / (centre - low), (high - freqs) / (high - centre)), 0, None)
+        _FILTERS = bank
+    return _FILTERS
+
+
+def spectral_features(windows: np.ndarray) -> np.ndarray:
+    """``(n, 83)`` statistics of each 16 kHz window's cepstrum over its loud frames (within ~35 dB of
+    the loudest): mean, standard deviation, mean |delta| and mean |delta-delta| of 20 cepstral
+    coefficients of 32 mel bands (60-7800 Hz, 25 ms frames every 10 ms), then the spread and mean
+    change of the frame level and the share of loud frames. Cheap (numpy), computed beside AASIST."""
+    from scipy.fft import dct
+
+    window = np.hanning(_FRAME)
+    out = np.empty((len(windows), SPECTRAL_DIM), dtype=np.float64)
+    for row, wave in enumerate(np.asarray(windows, dtype=np.float64)):
+        frames = np.lib.stride_tricks.sliding_window_view(wave, _FRAME)[::_HOP] * window
+        logmel = np.log(np.abs(np.fft.rfft(frames, _FFT)) ** 2 @ _mel_filters().T + 1e-10)
+        level = logmel.max(axis=1)
+        loud = level > level.max() - 8.0
+        cep = dct(logmel[loud], type=2, axis=1, norm="ortho")[:, :_CEPS]
+        d1 = np.abs(np.diff(cep, axis=0)).mean(axis=0) if len(cep) > 1 else np.zeros(_CEPS)
+        d2 = np.abs(np.diff(cep, 2, axis=0)).mean(axis=0) if len(cep) > 2 else np.zeros(_CEPS)
+        lv = level[loud]
+        out[row] = np.concatenate([cep.mean(axis=0), cep.std(axis=0), d1, d2,
+                                   [lv.std(), np.abs(np.diff(lv)).mean() if len(lv) > 1 else 0.0, loud.mean()]])
+    return out
+
+
+def head_input(readout: np.ndarray, logodds: np.ndarray, spectral: np.ndarray) -> np.ndarray:
+    """The head's input rows: ``(n, 160)`` read-outs, their ``(n,)`` AASIST log-odds, ``(n, 83)``
+    :func:`spectral_features`."""
+    readout = np.asarray(readout, dtype=np.float64).reshape(-1, AASIST_DIM - 1)
+    spectral = np.asarray(spectral, dtype=np.float64).reshape(-1, SPECTRAL_DIM)
+    return np.concatenate([readout, np.asarray(logodds, dtype=np.float64).reshape(-1, 1), spectral], axis=1)
 
 
 @dataclass(frozen=True)

@@ -335,9 +335,10 @@ class SpoofDetector:
         readout, logodds = self.window_features(windows)
         if self.scorer == "aasist":
             return logodds
-        from voiceauth.fraud.head import head_input
+        from voiceauth.fraud.head import head_input, spectral_features
 
-        return np.asarray(self._head.logodds(head_input(readout, logodds)), dtype=np.float64)
+        rows = head_input(readout, logodds, spectral_features(windows))
+        return np.asarray(self._head.logodds(rows), dtype=np.float64)
 
     def window_scores(self, speech: np.ndarray, sample_rate: int) -> np.ndarray:
         """Bona fide log-odds of each window covering the audible frames of ``speech``, in time order
