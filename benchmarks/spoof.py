@@ -204,6 +204,22 @@ def evaluate(head_options: dict) -> dict:
         "flagged_overall": {gen: round(float(np.mean(seen["score"][seen["corpus"] == gen] < threshold)), 4)
                             for gen in generators},
     }
+    # a calibrated channel (voiceauth.fraud.reference): its own threshold at 2 % of its bona fide scores
+    per_channel: dict = {}
+    for channel in recipe.CHANNELS:
+        cell = (v2["label"] == "bona_fide") & (v2["channel"] == channel)
+        from voiceauth.fraud.spoof import threshold_for_false_alarms
+
+        limit = float(threshold_for_false_alarms(v2["score"][cell], 0.02))
+        per_channel[channel] = {
+            "threshold": round(limit, 3),
+            "bona_fide_flagged": round(float(np.mean(v2["score"][cell] < limit)), 4),
+            "seen_generators_flagged": {g: round(float(np.mean(seen["score"][(seen["corpus"] == g) & (
+                seen["channel"] == channel)] < limit)), 4) for g in generators},
+            "held_out_generator_flagged": {g: round(float(np.mean(v2["score"][(v2["corpus"] == g) & (
+                v2["channel"] == channel)] < limit)), 4) for g in generators},
+        }
+    report["v2_channel_reference_2pct"] = per_channel
     report["counts"] = {c: int(((v2["corpus"] == c)).sum() // len(recipe.CHANNELS)) for c in sorted(set(v2["corpus"]))}
     report["v2_scores"] = {"bona_fide_p1": round(float(np.quantile(v2["score"][v2["label"] == "bona_fide"], 0.01)), 3),
                            "bona_fide_median": round(float(np.median(v2["score"][v2["label"] == "bona_fide"])), 3)}

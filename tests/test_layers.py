@@ -90,7 +90,7 @@ def test_plots_without_matplotlib_say_what_to_install(monkeypatch: pytest.Monkey
 # The flow audio -> speech -> embedding -> scoring -> decision, the store beside it, the services
 # and fraud screens composed from them, live calls above, the client on top, then its front ends.
 LAYERS: dict[str, int] = {
-    "errors": 0, "ids": 0, "models": 0,
+    "errors": 0, "ids": 0, "models": 0, "memory": 0,
     "audio": 1, "speech": 2, "embedding": 3, "scoring": 4, "decision": 5, "results": 5, "store": 5,
     "services": 6, "fraud": 6, "live": 7, "client": 8,
     "cli": 9, "tools": 9, "serve": 9, "doctor": 9, "__init__": 9, "__main__": 9,

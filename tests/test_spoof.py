@@ -212,3 +212,27 @@ def test_spoof_threshold_cli_fits_on_genuine_calls(tmp_path: Path, speakers, cap
 
     assert main(["spoof-threshold", *map(str, speakers[a][:3])]) == EXIT_ERROR
     assert "at least 20 recordings" in capsys.readouterr().err
+
+
+# -- issue 15: the v2 scorer, ONNX Runtime ----------------------------------------------------------------
+
+
+def test_onnx_runtime_and_torch_agree(model_dir: Path) -> None:
+    windows = np.stack([np.resize(speechlike(4.1, seed=i), WINDOW_SAMPLES) for i in range(2)])
+    onnx = SpoofDetector(model_dir, backend="onnx")
+    torch_ = SpoofDetector(model_dir, backend="torch")
+    (h1, o1), (h2, o2) = onnx.window_features(windows), torch_.window_features(windows)
+    assert h1.shape == (2, 160) and o1.shape == (2,)
+    np.testing.assert_allclose(h1, h2, atol=1e-3)
+    np.testing.assert_allclose(o1, o2, atol=1e-3)
+    np.testing.assert_allclose(onnx.network_scores(windows), torch_.network_scores(windows), atol=1e-2)
+
+
+def test_aasist_scorer_is_the_network_alone(model_dir: Path) -> None:
+    import torch
+
+    windows = np.resize(speechlike(4.1), WINDOW_SAMPLES)[None]
+    legacy = SpoofDetector(model_dir, scorer="aasist", backend="torch")
+    with torch.inference_mode():
+        logits = legacy.network(torch.from_numpy(windows)).numpy()
+    assert legacy.network_scores(windows) == pytest.approx(logits[:, 1] - logits[:, 0], abs=1e-4)

@@ -14,6 +14,7 @@ from voiceauth.audio.decode import MODEL_RATE
 from voiceauth.embedding.base import checked_signal, l2_normalise, windows
 from voiceauth.embedding.stack import ensure_speech_stack
 from voiceauth.errors import ModelChecksumError
+from voiceauth.memory import release_freed
 from voiceauth.models import ECAPA, resolve, verified_copy
 
 _MODELS: dict[tuple[str, str], Any] = {}
@@ -128,6 +129,7 @@ class EcapaEmbedder:
                 lengths = torch.tensor([len(pieces[i]) / longest for i in idx], dtype=torch.float32)
                 emb = self._model.encode_batch(torch.from_numpy(batch), lengths)
                 result[idx] = emb.squeeze(1).cpu().numpy()
+        release_freed()  # every input length leaves freed blocks in glibc's arenas (voiceauth.memory)
         return l2_normalise(result)
 
 

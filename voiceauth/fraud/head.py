@@ -31,7 +31,7 @@ import numpy as np
 from voiceauth.errors import ModelChecksumError, ModelUnavailableError
 
 HEAD_PATH = Path(__file__).resolve().parents[1] / "data" / "spoof_head.npz"
-HEAD_SHA256 = "0000000000000000000000000000000000000000000000000000000000000000"
+HEAD_SHA256 = "a09e3a2534507565dc81998cccdb7badffe5f1050f7f64b23d03135a2f428582"
 """sha256 of the shipped ``spoof_head.npz``; reproduce it with ``benchmarks/train_spoof_head.py``."""
 AASIST_DIM = 161
 """AASIST's 160-d read-out and its bona fide log-odds."""

@@ -33,6 +33,7 @@ import numpy as np
 
 from voiceauth import models
 from voiceauth.errors import AudioDecodeError, CalibrationError, NoSpeechError
+from voiceauth.memory import release_freed
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -45,7 +46,7 @@ BATCH_WINDOWS = 8
 about 0.4-1.3 s of CPU time on 2 cores."""
 
 SCORERS = ("v2", "aasist")
-DEFAULT_THRESHOLD = 0.0
+DEFAULT_THRESHOLD = -4.05
 """Threshold of the ``"v2"`` scorer (:mod:`voiceauth.fraud.head`): bona fide log-odds of the most
 spoof-like window below which speech is suspected. Chosen by ``benchmarks/spoof.py`` from
 held-out bona fide speech (every corpus and channel there, see the README's spoof table)."""
@@ -338,6 +339,7 @@ class SpoofDetector:
         from voiceauth.fraud.head import head_input, spectral_features
 
         rows = head_input(readout, logodds, spectral_features(windows))
+        release_freed()  # see voiceauth.memory
         return np.asarray(self._head.logodds(rows), dtype=np.float64)
 
     def window_scores(self, speech: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -26,7 +26,8 @@ calls, does the rest:
    the watchlist when one is set up) and the status is updated. Every status change is
    first written to the audit trail (``call_decision``; if that write fails the call ends
    in ERROR instead), then fires ``on_decision`` once, on a worker thread.
-4. *spoof check*: ``va.spoof`` (AASIST) scores the call's *speech*, the voiced frames
+4. *spoof check*: ``va.spoof`` (the v2 scorer on AASIST, :mod:`voiceauth.fraud.head`, with the
+   threshold of the channel's bona fide reference, as verification uses) scores the call's *speech*, the voiced frames
    the gate let through, never the pauses, silence, noise or hum around them (the
    network takes those for live speech). The first check runs when the call has enough
    net speech for a decision, on all of it; later checks each take the speech heard
@@ -40,6 +41,11 @@ calls, does the rest:
    SPOOF_SUSPECTED and bars authentication for the rest of the call
    (NOT_AUTHENTICATED), withdrawing it if a check still running finds one; a check
    that fails or cannot run bars it too (fail closed).
+   Except on a channel whose bona fide spoof reference is calibrated (enough consented
+   enrolments, :mod:`voiceauth.fraud.reference`; ``SessionSettings.spoof_may_follow``): there
+   authentication does not wait. The check then takes whole windows as they come in, and all
+   the speech heard before the decision once the call is AUTHENTICATED; a suspected spoof (or a
+   check that cannot run) withdraws the authentication (NOT_AUTHENTICATED, both on record).
    Speech after the call is AUTHENTICATED (or barred) is not checked: it made no
    decision, the speaker-change screen watches for a hand-over, and each extra window
    is another chance of a false alarm on a genuine caller (the most spoof-like window
