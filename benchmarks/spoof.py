@@ -205,20 +205,19 @@ def evaluate(head_options: dict) -> dict:
                             for gen in generators},
     }
     # a calibrated channel (voiceauth.fraud.reference): its own threshold at 2 % of its bona fide scores
+    # (each set of heads against the bona fide scores of its own cross-validation)
+    from voiceauth.fraud.spoof import threshold_for_false_alarms
+
     per_channel: dict = {}
     for channel in recipe.CHANNELS:
-        cell = (v2["label"] == "bona_fide") & (v2["channel"] == channel)
-        from voiceauth.fraud.spoof import threshold_for_false_alarms
-
-        limit = float(threshold_for_false_alarms(v2["score"][cell], 0.02))
-        per_channel[channel] = {
-            "threshold": round(limit, 3),
-            "bona_fide_flagged": round(float(np.mean(v2["score"][cell] < limit)), 4),
-            "seen_generators_flagged": {g: round(float(np.mean(seen["score"][(seen["corpus"] == g) & (
-                seen["channel"] == channel)] < limit)), 4) for g in generators},
-            "held_out_generator_flagged": {g: round(float(np.mean(v2["score"][(v2["corpus"] == g) & (
-                v2["channel"] == channel)] < limit)), 4) for g in generators},
-        }
+        entry = per_channel[channel] = {}
+        for name, table in (("held_out_generator", v2), ("seen_generators", seen)):
+            cell = (table["label"] == "bona_fide") & (table["channel"] == channel)
+            limit = float(threshold_for_false_alarms(table["score"][cell], 0.02))
+            entry[name] = {"threshold": round(limit, 3),
+                           "bona_fide_flagged": round(float(np.mean(table["score"][cell] < limit)), 4),
+                           "flagged": {g: round(float(np.mean(table["score"][(table["corpus"] == g) & (
+                               table["channel"] == channel)] < limit)), 4) for g in generators}}
     report["v2_channel_reference_2pct"] = per_channel
     report["counts"] = {c: int(((v2["corpus"] == c)).sum() // len(recipe.CHANNELS)) for c in sorted(set(v2["corpus"]))}
     report["v2_scores"] = {"bona_fide_p1": round(float(np.quantile(v2["score"][v2["label"] == "bona_fide"], 0.01)), 3),

@@ -10,8 +10,9 @@ Two forms of the same rule, both explicit functions of the thresholds (as Speech
   there is enough net speech and the LLR reaches the accept threshold plus a margin (the
   price of looking many times, see :mod:`voiceauth.live`), and only on speech the spoof check
   has passed (or, on a channel whose bona fide reference is calibrated, is checking: its
-  verdict then follows and a suspected spoof withdraws the authentication); NOT_AUTHENTICATED under the reject threshold or once a screen (speaker change,
-  watchlist, spoof) has barred the call; otherwise the call keeps its status (hysteresis).
+  verdict then follows and a suspected spoof withdraws the authentication); NOT_AUTHENTICATED
+  under the reject threshold or once a screen (speaker change, watchlist, spoof) has barred
+  the call; otherwise the call keeps its status (hysteresis).
 
 Change a decision rule here; nothing else decides.
 """

@@ -31,12 +31,12 @@ import numpy as np
 from voiceauth.errors import ModelChecksumError, ModelUnavailableError
 
 HEAD_PATH = Path(__file__).resolve().parents[1] / "data" / "spoof_head.npz"
-HEAD_SHA256 = "a09e3a2534507565dc81998cccdb7badffe5f1050f7f64b23d03135a2f428582"
+HEAD_SHA256 = "33c99d4b23127ee61ead08a13185bcf4d9ac3b161f594863d9bba7039b2969c3"
 """sha256 of the shipped ``spoof_head.npz``; reproduce it with ``benchmarks/train_spoof_head.py``."""
 AASIST_DIM = 161
 """AASIST's 160-d read-out and its bona fide log-odds."""
-SPECTRAL_DIM = 83
-"""Cepstral statistics of the window (:func:`spectral_features`)."""
+SPECTRAL_DIM = 187
+"""Simple spectral and pitch statistics of the window (:func:`spectral_features`)."""
 FEATURE_DIM = AASIST_DIM + SPECTRAL_DIM
 
 _RATE, _FRAME, _HOP, _FFT, _BANDS, _CEPS = 16000, 400, 160, 512, 32, 20
@@ -58,26 +58,57 @@ def _mel_filters() -> np.ndarray:
 
 
 def spectral_features(windows: np.ndarray) -> np.ndarray:
-    """``(n, 83)`` statistics of each 16 kHz window's cepstrum over its loud frames (within ~35 dB of
-    the loudest): mean, standard deviation, mean |delta| and mean |delta-delta| of 20 cepstral
-    coefficients of 32 mel bands (60-7800 Hz, 25 ms frames every 10 ms), then the spread and mean
-    change of the frame level and the share of loud frames. Cheap (numpy), computed beside AASIST."""
-    from scipy.fft import dct
+    """``(n, 187)`` simple statistics of each 16 kHz window over its loud frames (within ~35 dB of
+    the loudest; 25 ms frames every 10 ms, 32 mel bands 60-7800 Hz). Cheap (numpy), beside AASIST:
 
-    window = np.hanning(_FRAME)
+    * cepstrum (20 coefficients): mean, standard deviation, mean |delta|, mean |delta-delta| (80);
+    * frame level: spread, mean change, share of loud frames (3);
+    * log mel bands: mean, standard deviation, mean |delta| (96);
+    * spectral flatness (mean, spread) and spread of the log spectral centroid (3);
+    * pitch by autocorrelation (40 ms frames, 70-400 Hz): voiced share, F0 spread in semitones,
+      median and share-under-half-a-semitone of its frame-to-frame change, mean voicing strength (5).
+    """
     out = np.empty((len(windows), SPECTRAL_DIM), dtype=np.float64)
     for row, wave in enumerate(np.asarray(windows, dtype=np.float64)):
-        frames = np.lib.stride_tricks.sliding_window_view(wave, _FRAME)[::_HOP] * window
-        logmel = np.log(np.abs(np.fft.rfft(frames, _FFT)) ** 2 @ _mel_filters().T + 1e-10)
-        level = logmel.max(axis=1)
-        loud = level > level.max() - 8.0
-        cep = dct(logmel[loud], type=2, axis=1, norm="ortho")[:, :_CEPS]
-        d1 = np.abs(np.diff(cep, axis=0)).mean(axis=0) if len(cep) > 1 else np.zeros(_CEPS)
-        d2 = np.abs(np.diff(cep, 2, axis=0)).mean(axis=0) if len(cep) > 2 else np.zeros(_CEPS)
-        lv = level[loud]
-        out[row] = np.concatenate([cep.mean(axis=0), cep.std(axis=0), d1, d2,
-                                   [lv.std(), np.abs(np.diff(lv)).mean() if len(lv) > 1 else 0.0, loud.mean()]])
+        out[row] = _window_statistics(wave)
     return out
+
+
+def _window_statistics(wave: np.ndarray) -> np.ndarray:
+    from scipy.fft import dct
+
+    frames = np.lib.stride_tricks.sliding_window_view(wave, _FRAME)[::_HOP] * np.hanning(_FRAME)
+    power = np.abs(np.fft.rfft(frames, _FFT)) ** 2
+    logmel = np.log(power @ _mel_filters().T + 1e-10)
+    level = logmel.max(axis=1)
+    loud = level > level.max() - 8.0
+    cep = dct(logmel[loud], type=2, axis=1, norm="ortho")[:, :_CEPS]
+    d1 = np.abs(np.diff(cep, axis=0)).mean(axis=0) if len(cep) > 1 else np.zeros(_CEPS)
+    d2 = np.abs(np.diff(cep, 2, axis=0)).mean(axis=0) if len(cep) > 2 else np.zeros(_CEPS)
+    lv = level[loud]
+    cepstral = [cep.mean(axis=0), cep.std(axis=0), d1, d2,
+                [lv.std(), np.abs(np.diff(lv)).mean() if len(lv) > 1 else 0.0, loud.mean()]]
+
+    bands = logmel[loud]
+    spectrum = power[loud] + 1e-12
+    flatness = np.exp(np.mean(np.log(spectrum), axis=1)) / np.mean(spectrum, axis=1)
+    centroid = (spectrum @ np.fft.rfftfreq(_FFT, 1 / _RATE)) / spectrum.sum(axis=1)
+    band_delta = np.abs(np.diff(bands, axis=0)).mean(axis=0) if len(bands) > 1 else np.zeros(_BANDS)
+    spectral = [bands.mean(axis=0), bands.std(axis=0), band_delta,
+                [flatness.mean(), flatness.std(), np.log(centroid).std()]]
+
+    pitch_frames = np.lib.stride_tricks.sliding_window_view(wave, 640)[::_HOP]
+    pitch_frames = pitch_frames - pitch_frames.mean(axis=1, keepdims=True)
+    autocorr = np.fft.irfft(np.abs(np.fft.rfft(pitch_frames, 1280)) ** 2)[:, :640]
+    low, high = _RATE // 400, _RATE // 70
+    lag = low + np.argmax(autocorr[:, low:high], axis=1)
+    strength = autocorr[np.arange(len(autocorr)), lag] / (autocorr[:, 0] + 1e-12)
+    voiced = strength > 0.5
+    semitones = 12 * np.log2(_RATE / lag[voiced] / 100) if voiced.sum() > 2 else np.zeros(3)
+    change = np.abs(np.diff(semitones))
+    pitch = [voiced.mean(), semitones.std(), np.median(change) if len(change) else 0.0,
+             np.mean(change < 0.5) if len(change) else 0.0, strength[voiced].mean() if voiced.any() else 0.0]
+    return np.concatenate([*cepstral[:4], cepstral[4], *spectral[:3], spectral[3], pitch])
 
 
 def head_input(readout: np.ndarray, logodds: np.ndarray, spectral: np.ndarray) -> np.ndarray:
