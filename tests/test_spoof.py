@@ -236,3 +236,19 @@ def test_aasist_scorer_is_the_network_alone(model_dir: Path) -> None:
     with torch.inference_mode():
         logits = legacy.network(torch.from_numpy(windows)).numpy()
     assert legacy.network_scores(windows) == pytest.approx(logits[:, 1] - logits[:, 0], abs=1e-4)
+
+
+def test_a_modified_onnx_graph_is_refused(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from voiceauth.fraud import aasist
+
+    SpoofDetector(model_dir, scorer="aasist", backend="onnx").load()  # exported (once) to the cache
+    graph = tmp_path / aasist.onnx_cache_path().name
+    shutil.copy(aasist.onnx_cache_path(), graph)
+    shutil.copy(aasist._sidecar(aasist.onnx_cache_path()), aasist._sidecar(graph))
+    monkeypatch.setattr(aasist, "onnx_cache_path", lambda: graph)
+    SpoofDetector(model_dir, scorer="aasist", backend="onnx").load()  # the copy verifies
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(ModelChecksumError, match="sha256"):
+        SpoofDetector(model_dir, scorer="aasist", backend="onnx").load()
