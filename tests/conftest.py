@@ -123,3 +123,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.integration)
+
+
+# A test that hangs (a deadlocked pool, a server that never answers) must end the run with the stacks of
+# every thread, not run into CI's time limit silently. The slowest test takes about 4 minutes here.
+HANG_LIMIT_S = 900
+
+
+@pytest.fixture(autouse=True)
+def _hang_watchdog() -> Iterator[None]:
+    import faulthandler
+    import sys
+
+    faulthandler.dump_traceback_later(HANG_LIMIT_S, exit=True, file=sys.__stderr__)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()

@@ -99,6 +99,10 @@ class ErasureIncompleteError(StoreError):
         super().__init__(message)
         self.subjects = subjects
 
+    def __reduce__(self) -> tuple[type[ErasureIncompleteError], tuple[str, tuple[str, ...]]]:
+        # rebuilt with both arguments in another process (a pool, Ray); the default passes only the message
+        return type(self), (str(self), self.subjects)
+
 
 class InvalidIdError(VoiceAuthError, ValueError):
     """A customer id, watchlist label or actor is empty, too long, or holds invisible characters."""
