@@ -70,6 +70,34 @@ def test_shipped_calibration_misstates_far_in_domain_and_the_refit_holds_on_held
     assert after.expected_far_interval.low <= far_after <= after.expected_far_interval.high
 
 
+def claimed(n: int, mean: float, seed: int) -> list[Trial]:
+    """Impostor calls the bank reported (``fraud_case``): real claims of a customer's identity."""
+    rng = np.random.default_rng(seed)
+    return [Trial(f"t-c{seed:03x}{i:020x}", TrialKind.VERIFY, MODEL, "ivr-8k", "raw", float(s), None,
+                  float(rng.uniform(4.0, 12.0)), label=False, source="fraud_case")
+            for i, s in enumerate(rng.normal(mean, 0.08, n))]
+
+
+def test_refit_is_checked_on_reported_impostor_calls_not_only_on_easy_enrolment_pairs() -> None:
+    """Enrolment impostor pairs are random other customers; reported fraud calls can be far closer to the
+    genuine scores. A refit whose stated FAR those calls contradict must not pass (so it is not activated)."""
+    policy = Policy(target_far=0.01)
+    close = refit(in_domain(400, 3000, seed=3) + claimed(400, 0.62, seed=4), policy, MODEL,
+                  default_calibration(), channel="ivr-8k")
+    check = close.checks["raw"]
+    assert check["held_claimed_impostor"] == 120
+    assert check["claimed_far"] > check["stated_far_interval"][1] and not check["claimed_consistent"]
+    assert not close.passed and "reported impostor calls" in close.describe()
+
+    alike = refit(in_domain(400, 3000, seed=3) + claimed(400, 0.40, seed=4), policy, MODEL,
+                  default_calibration(), channel="ivr-8k")
+    assert alike.checks["raw"]["claimed_consistent"] and alike.passed
+
+    few = refit(in_domain(400, 3000, seed=3) + claimed(20, 0.62, seed=4), policy, MODEL,
+                default_calibration(), channel="ivr-8k")
+    assert few.checks["raw"]["claimed_consistent"] is None  # 6 held out: too few to say either way
+
+
 def test_versions_activate_roll_back_and_reach_the_client(tmp_path: Path) -> None:
     from standin_voices import STANDIN_CALIBRATION, ToneEmbedder
 

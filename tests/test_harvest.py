@@ -121,6 +121,24 @@ def test_verification_trial_and_reported_outcome(va: VoiceAuth) -> None:
     assert [e.outcome for e in outcomes] == ["genuine", "impostor"] and all(e.subject_id is None for e in outcomes)
 
 
+def test_a_verification_is_one_write_transaction(va: VoiceAuth, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Last used, the audit event and the trial row commit together: one commit (one fsync) per verify."""
+    store = va.store
+    opened = store._write  # type: ignore[attr-defined]
+    writes: list[int] = []
+
+    def counting():  # noqa: ANN202 - the store's own context manager, counted
+        writes.append(1)
+        return opened()
+
+    monkeypatch.setattr(store, "_write", counting)
+    before = len(store.audit_events())
+    result = va.verify("cust-3", voice(3, 5.0, 9), sample_rate=16000, channel_tag="ivr-8k")
+    assert len(writes) == 1
+    assert result.trial_id in {t.trial_id for t in store.trials(kinds=(TrialKind.VERIFY,))}
+    assert len(store.audit_events()) == before + 1
+
+
 def test_erasure_leaves_nothing_linking_trials_to_the_customer(va: VoiceAuth, tmp_path: Path) -> None:
     ids = [va.verify("cust-7", voice(7, 5.0, s), sample_rate=16000).trial_id for s in range(3)]
     va.report_outcome(ids[0], genuine=True, source="kba")

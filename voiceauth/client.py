@@ -375,6 +375,7 @@ class VoiceAuth:
         thresholds = scorer.thresholds(score.normalisation)
         decision = decide(score.llr, speech_s, thresholds, min_speech_s=self.policy.min_speech_s,
                           watchlist_hit=hit is not None, spoof_suspected=Flag.SPOOF_SUSPECTED in flags)
+        trial = self.harvester.trial(TrialKind.VERIFY, score, speech_s, tag)
         result = VerificationResult(
             customer_id=customer_id,
             decision=decision,
@@ -386,15 +387,16 @@ class VoiceAuth:
             flags=flags,
             expected_far=thresholds.expected_far,
             watchlist_hit=hit,
-            trial_id=self.harvester.decision(TrialKind.VERIFY, score, speech_s, tag),
+            trial_id=trial.trial_id if trial is not None else None,
         )
-        self.services.record_use(  # last used (retention) and the audit event: one transaction
+        self.services.record_use(  # last used (retention), the audit event and the trial: one transaction
             customer_id,
             AuditRecord(
                 "verify", customer_id, decision.value, self.actor,
                 {"confidence": result.confidence, "speech_s": result.speech_s,
                  "flags": ",".join(f.value for f in flags)},
-            )
+            ),
+            trials=(trial,) if trial is not None else (),
         )
         return result
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from voiceauth.scoring.policy import Policy
     from voiceauth.scoring.scorer import Scorer
     from voiceauth.services.harvest import Harvester
+    from voiceauth.store.trials import Trial
 
 AudioSource = Union[str, "os.PathLike[str]", np.ndarray, Audio]
 
@@ -78,14 +79,21 @@ class Services:
         self.cohort.invalidate()
         self.index.forget(customer_ids)
 
-    def record_use(self, customer_id: str, event: AuditRecord) -> None:
-        """Mark the voiceprint used now and audit ``event``, in one transaction where the store can."""
+    def record_use(self, customer_id: str, event: AuditRecord, trials: Sequence[Trial] = ()) -> None:
+        """Mark the voiceprint used now, audit ``event`` and keep the decision's ``trials`` (scores
+        only), in one transaction where the store can; a store without trial tables keeps none."""
         touch_audited = getattr(self.store, "touch_audited", None)
         if touch_audited is not None:
-            touch_audited(Namespace.CUSTOMER, customer_id, time.time(), event)
-        else:
-            self.store.touch(Namespace.CUSTOMER, customer_id, time.time())
-            self.store.audit(event)
+            if trials:
+                touch_audited(Namespace.CUSTOMER, customer_id, time.time(), event, trials)
+            else:
+                touch_audited(Namespace.CUSTOMER, customer_id, time.time(), event)
+            return
+        self.store.touch(Namespace.CUSTOMER, customer_id, time.time())
+        self.store.audit(event)
+        add_trials = getattr(self.store, "add_trials", None)
+        if trials and add_trials is not None:
+            add_trials(trials)
 
     def refresh_cohort(self) -> int | None:
         """Re-draw the current model's bounded cohort now (a scheduled, off-peak job); its version,

@@ -190,13 +190,19 @@ class Harvester:
     def decision(self, kind: str, score: Score, speech_s: float, channel: str,
                  trial_id: str | None = None) -> str | None:
         """Record the score behind a verification or call; its trial id (None: not recorded)."""
+        trial = self.trial(kind, score, speech_s, channel, trial_id)
+        return trial.trial_id if trial is not None and self._save([trial]) else None
+
+    def trial(self, kind: str, score: Score, speech_s: float, channel: str,
+              trial_id: str | None = None) -> Trial | None:
+        """The trial row of a decision, not yet written (None: this client records no trials); the
+        caller writes it in the decision's own transaction (:meth:`Services.record_use`)."""
         if self.store is None:
             return None
-        trial_id = trial_id or new_trial_id()
         normed = score.value if score.normalisation is Normalisation.AS_NORM else None
-        trial = Trial(trial_id, kind, self.services.embedder.model_id, channel, score.normalisation.value,
-                      score.raw, normed, float(speech_s), llr=score.llr, calibration=self._calibration_version(channel))
-        return trial_id if self._save([trial]) else None
+        return Trial(trial_id or new_trial_id(), kind, self.services.embedder.model_id, channel,
+                     score.normalisation.value, score.raw, normed, float(speech_s), llr=score.llr,
+                     calibration=self._calibration_version(channel))
 
     def report_outcome(self, trial_id: str, *, genuine: bool, source: str) -> Trial:
         """Label a verification or call trial with what the bank found out; StoreError when impossible."""

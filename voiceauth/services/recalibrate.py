@@ -14,11 +14,14 @@ once there are enough:
   (``MIN_TRIALS_PER_CLASS``) in the fit part, 43 held out.
 
 The trials are split 70/30 at random (seeded); the calibration fitted on the 70 % states its
-FAR and FRR with intervals, and the 30 % checks them. The report says whether each held-out
-rate lies inside the stated interval; the check fails when the held-out rate's own exact
-interval does not even meet the stated one (the held-out part is small: a rate just outside
-by chance is no evidence), and a failed check is stored but not activated unless forced.
-The version activated is refitted on all trials. Versions are kept in the store, audited, and
+FAR and FRR with intervals, and the 30 % checks them. Reported impostor calls (``fraud_case``
+outcomes of verifications and calls) are split apart and, from :data:`MIN_CLAIMED_HELD` held out,
+checked on their own: the enrolment pairs that make up most impostor trials are random other
+customers, easier than a caller who claims an identity, and could hide a FAR above the stated one.
+The report says whether each held-out rate lies inside the stated interval; the check fails
+when the held-out rate's own exact interval does not even meet the stated one (the held-out
+part is small: a rate just outside by chance is no evidence), and a failed check is stored but not
+activated unless forced. The version activated is refitted on all trials. Versions are kept in the store, audited, and
 any older one can be activated again (rollback); deactivating all returns to the shipped one.
 """
 
@@ -49,6 +52,18 @@ def min_impostor_trials(target_far: float) -> int:
     return math.ceil(max(MIN_TRIALS_PER_CLASS, 10.0 / target_far) / (1 - HOLD_OUT))
 
 
+CLAIMS = (TrialKind.VERIFY, TrialKind.CALL)
+"""Trial kinds of real claims (a verification, a call) whose outcome the bank reported."""
+MIN_CLAIMED_HELD = 30
+"""Held-out reported impostor claims below which their own check is not made (it could not fail)."""
+
+
+def _claimed(trials: Sequence[Trial], kind: Normalisation) -> np.ndarray:
+    """Which rows of :func:`_column` are reported impostor claims (rather than enrolment pairs)."""
+    rows = [t for t in trials if t.label is not None and (kind is Normalisation.RAW or t.as_norm is not None)]
+    return np.array([t.kind in CLAIMS and t.label is False for t in rows], dtype=bool)
+
+
 def _column(trials: Sequence[Trial], kind: Normalisation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rows = [t for t in trials if t.label is not None and (kind is Normalisation.RAW or t.as_norm is not None)]
     scores = np.array([t.raw if kind is Normalisation.RAW else t.as_norm for t in rows], dtype=np.float64)
@@ -57,12 +72,16 @@ def _column(trials: Sequence[Trial], kind: Normalisation) -> tuple[np.ndarray, n
     return scores, labels, speech
 
 
-def _split(labels: np.ndarray, seed: int) -> np.ndarray:
-    """A boolean mask of the held-out part: HOLD_OUT of each class, at random."""
+def _split(labels: np.ndarray, seed: int, claimed: np.ndarray | None = None) -> np.ndarray:
+    """A boolean mask of the held-out part: HOLD_OUT of each class (impostor enrolment pairs and
+    reported impostor claims apart), at random."""
     rng = np.random.default_rng(seed)
     held = np.zeros(len(labels), dtype=bool)
-    for cls in (True, False):
-        idx = np.flatnonzero(labels == cls)
+    group = labels.astype(np.int8) if claimed is None else labels.astype(np.int8) + 2 * claimed.astype(np.int8)
+    for cls in (1, 0, 2):
+        idx = np.flatnonzero(group == cls)
+        if not len(idx):
+            continue
         held[rng.choice(idx, size=int(round(HOLD_OUT * len(idx))), replace=False)] = True
     return held
 
@@ -79,7 +98,9 @@ class Refit:
 
     @property
     def passed(self) -> bool:
-        return bool(self.checks) and all(c["far_consistent"] and c["frr_consistent"] for c in self.checks.values())
+        return bool(self.checks) and all(
+            c["far_consistent"] and c["frr_consistent"] and c.get("claimed_consistent") is not False
+            for c in self.checks.values())
 
     def report(self) -> dict[str, Any]:
         raw = self.checks.get(Normalisation.RAW.value, {})
@@ -98,6 +119,12 @@ class Refit:
                 f"FRR {c['stated_frr']:.2%} ({c['stated_frr_interval'][0]:.2%}-{c['stated_frr_interval'][1]:.2%}); "
                 f"held out ({c['held_genuine']} genuine / {c['held_impostor']} impostor): FAR {c['held_out_far']:.2%}"
                 f" {_where(c, 'far')}, FRR {c['held_out_frr']:.2%} {_where(c, 'frr')} the stated interval")
+            if c.get("claimed_consistent") is not None:
+                lines.append(
+                    f"{kind}: {c['held_claimed_impostor']} held-out reported impostor calls: FAR {c['claimed_far']:.2%}"
+                    f" ({c['claimed_far_interval'][0]:.2%}-{c['claimed_far_interval'][1]:.2%}), "
+                    + ("consistent with" if c["claimed_consistent"] else "OUTSIDE (inconsistent with)")
+                    + " the stated FAR")
         for kind in self.kept_from_base:
             lines.append(f"{kind}: too few in-domain trials; kept the base calibration")
         return "\n".join(lines)
@@ -135,7 +162,8 @@ def refit(trials: Sequence[Trial], policy: Policy, model_id: str, base: Calibrat
                 fitted[kind] = base.by_normalisation[kind]
                 out.kept_from_base.append(kind.value)
             continue
-        held = _split(labels, seed)
+        claimed = _claimed(trials, kind)
+        held = _split(labels, seed, claimed)
         source = f"store: {len(labels)} trials, channel {channel or '(all)'}, labels from {', '.join(sources)}"
         part = Calibration.fit(scores[~held], labels[~held], speech[~held], kind, source + " (70% fit)")
         th = policy.thresholds(part)
@@ -159,6 +187,15 @@ def refit(trials: Sequence[Trial], policy: Policy, model_id: str, base: Calibrat
         # the held-out part is small: it contradicts the stated rate only when the two intervals do not meet
         c["far_consistent"] = _overlap(c["held_out_far_interval"], c["stated_far_interval"])
         c["frr_consistent"] = _overlap(c["held_out_frr_interval"], c["stated_frr_interval"])
+        # reported impostor calls on their own: enrolment pairs (random other customers) can be far
+        # easier than the callers who really claim an identity, and would hide a FAR the bank never chose
+        calls = np.asarray(part.llr(scores[held & claimed], speech[held & claimed]))
+        accepted = int((calls >= th.accept_llr).sum())
+        c["held_claimed_impostor"] = len(calls)
+        c["claimed_far"] = round(accepted / len(calls), 5) if len(calls) else None
+        c["claimed_far_interval"] = _interval(accepted, len(calls)) if len(calls) else None
+        c["claimed_consistent"] = (_overlap(c["claimed_far_interval"], c["stated_far_interval"])
+                                   if len(calls) >= MIN_CLAIMED_HELD else None)
         fitted[kind] = Calibration.fit(scores, labels, speech, kind, source)
     out.calibrations = CalibrationSet(model_id, fitted)
     return out

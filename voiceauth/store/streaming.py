@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,10 @@ from voiceauth.store.common import (
     rows_to_matrix,
     voiceprint_params,
 )
+
+if TYPE_CHECKING:
+    from voiceauth.store.trials import Trial
+
 
 ENROL_ACTIONS = ("enroll",)
 ERASE_ACTIONS = ("delete", "opt_out", "purge")
@@ -88,6 +92,7 @@ class StreamingOps:
     _erase: Any
     _scrub: Any
     _upsert: Any
+    _insert_trials: Any  # from TrialTables
 
     # -- counting and streaming reads ---------------------------------------------------------------
     def count(self, namespace: Namespace = Namespace.CUSTOMER, model_id: str | None = None) -> int:
@@ -165,12 +170,16 @@ class StreamingOps:
         last = int(rows[-1][0]) if rows else int(after_seq)
         return last, changes
 
-    def touch_audited(self, namespace: Namespace, subject_id: str, when: float, event: AuditRecord) -> None:
-        """``touch`` and ``audit`` in one transaction: one commit (one fsync) per verification, not two."""
+    def touch_audited(self, namespace: Namespace, subject_id: str, when: float, event: AuditRecord,
+                      trials: Sequence[Trial] = ()) -> None:
+        """``touch``, ``audit`` and the decision's trial rows in one transaction: one commit (one fsync)
+        per verification, not three."""
         with self._write() as con:
             self._exec(con, "UPDATE voiceprints SET last_used_at = ? WHERE namespace = ? AND subject_id = ?",
                        (float(when), Namespace(namespace).value, subject_id))
             self._append_audit(con, event)
+            if trials:
+                self._insert_trials(con, trials)
 
     # -- settings (non-biometric, in the meta table) ------------------------------------------------
     def setting(self, key: str) -> str | None:

@@ -136,8 +136,11 @@ class TrialTables:
         if not trials:
             return
         with self._write() as con:
-            for t in trials:
-                self._exec(con, f"INSERT INTO trials ({TRIAL_COLUMNS}) VALUES ({', '.join('?' * 13)})", _row(t))
+            self._insert_trials(con, trials)
+
+    def _insert_trials(self, con: Any, trials: Sequence[Trial]) -> None:
+        for t in trials:
+            self._exec(con, f"INSERT INTO trials ({TRIAL_COLUMNS}) VALUES ({', '.join('?' * 13)})", _row(t))
 
     def label_trial(self, trial_id: str, genuine: bool, source: str, *, actor: str) -> Trial:
         """Record the outcome of one trial. The same outcome again is a no-op; a different one, or a
