@@ -116,7 +116,8 @@ def _no_speechbrain_lazy_proxies() -> None:
 
 # Fixtures that load a real model or start a real server: a test using any of them (directly or
 # through another fixture) is an integration test. `make test-unit` runs the rest, on stand-ins.
-INTEGRATION_FIXTURES = frozenset({"embedder", "make_client", "speak", "pg_url", "postgres", "real", "detector"})
+INTEGRATION_FIXTURES = frozenset({"embedder", "make_client", "speak", "pg_url", "postgres", "real", "detector",
+                                  "ray_cluster"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
