@@ -175,6 +175,13 @@ def test_dc_offset_is_removed_and_changes_nothing_else(recording: np.ndarray, ut
     assert np.array_equal(remove_dc(with_zeros)[:1600], silence(0.1))  # exact zeros stay exact zeros
 
 
+def test_dc_removal_ignores_infinite_samples_without_a_warning() -> None:
+    """Found by test_analyse_never_crashes: +inf and -inf among the samples made the mean NaN (a warning)."""
+    samples = np.concatenate([[0.0, -np.inf, 0.0], np.full(800, 0.2), [np.inf, 0.0]]).astype(np.float32)
+    out = remove_dc(samples)  # the test run turns warnings into errors
+    assert np.allclose(out[3:803], 0.0) and np.isneginf(out[1]) and np.isposinf(out[803]) and out[0] == 0.0
+
+
 def test_clipped_speech_is_heard_and_flagged(utterance: np.ndarray) -> None:
     clipped = np.clip(utterance * 20.0, -1.0, 1.0).astype(np.float32)
     analysis = analyse(Audio(clipped, RATE))

@@ -122,7 +122,7 @@ def remove_dc(samples: np.ndarray) -> np.ndarray:
     Exact zeros (digital silence, DTX) stay exact zeros; a signal without an offset is returned as is.
     """
     signal = np.asarray(samples, dtype=np.float32)
-    live = signal != 0
+    live = (signal != 0) & np.isfinite(signal)  # infinite samples would make the mean NaN
     if not live.any():
         return signal
     offset = float(np.mean(signal[live], dtype=np.float64))
