@@ -53,7 +53,6 @@ from voiceauth.scoring.statistics import clopper_pearson  # noqa: E402
 from voiceauth.services.engines import shipped_calibration  # noqa: E402
 from voiceauth.services.recalibrate import payload, refit  # noqa: E402
 from voiceauth.store.base import Consent  # noqa: E402
-from voiceauth.store.sqlite import SQLiteStore  # noqa: E402
 from voiceauth.tools.samples import enrolment_meeting, meeting_speech, meetings  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -281,10 +280,10 @@ def main() -> None:
         else:
             out["held_out_after"] = out["held_out_before"]
             # what forcing the refused refit would have done
-            forced_store = SQLiteStore(db)
-            forced_store.activate_calibration(version, actor="benchmarks/bank_simulation.py", reason="forced")
-            forced_store.close()
             forced = VoiceAuth(db, embedder=cached, spoof=False, harvest=False)  # type: ignore[arg-type]
+            forced.store.activate_calibration(version, actor="benchmarks/bank_simulation.py", reason="forced")
+            forced.reload_calibrations()
+            assert forced.services.calibration_versions.get(TAG) == version
             forced._sessions = SessionPool(forced.services, deep, watchlist=forced.watchlist)
             out["held_out_refit_forced"] = measure(forced, held, enrolled)
             forced.close()

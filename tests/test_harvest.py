@@ -17,7 +17,7 @@ from voiceauth.audio.g711 import mulaw_encode
 from voiceauth.client import VoiceAuth
 from voiceauth.errors import OutcomeError, VoiceAuthError
 from voiceauth.live import SessionPool, SessionSettings
-from voiceauth.store.base import Consent
+from voiceauth.store.base import Consent, Namespace
 from voiceauth.store.trials import TrialKind
 
 TRIAL_COLUMNS = {"trial_id", "kind", "model_id", "channel", "normalisation", "raw", "as_norm", "speech_s", "llr",
@@ -137,6 +137,25 @@ def test_a_verification_is_one_write_transaction(va: VoiceAuth, monkeypatch: pyt
     assert len(writes) == 1
     assert result.trial_id in {t.trial_id for t in store.trials(kinds=(TrialKind.VERIFY,))}
     assert len(store.audit_events()) == before + 1
+
+
+def test_a_trial_that_cannot_be_written_fails_the_verification_and_writes_nothing(
+        va: VoiceAuth, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trial row shares the verification's transaction: if it fails, no decision is returned (the
+    integration asks the questions) and neither the audit event nor the last-used time is written."""
+    from voiceauth.errors import StoreError
+
+    store = va.store
+
+    def broken(con, trials):  # noqa: ANN001, ANN202 - the store's own signature
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(store, "_insert_trials", broken)
+    events, used = len(store.audit_events()), store.get(Namespace.CUSTOMER, "cust-3").last_used_at
+    with pytest.raises(StoreError, match="disk full"):
+        va.verify("cust-3", voice(3, 5.0, 9), sample_rate=16000)
+    assert len(store.audit_events()) == events
+    assert store.get(Namespace.CUSTOMER, "cust-3").last_used_at == used
 
 
 def test_erasure_leaves_nothing_linking_trials_to_the_customer(va: VoiceAuth, tmp_path: Path) -> None:

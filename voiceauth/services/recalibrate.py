@@ -20,9 +20,9 @@ checked on their own: the enrolment pairs that make up most impostor trials are 
 customers, easier than a caller who claims an identity, and could hide a FAR above the stated one.
 The report says whether each held-out rate lies inside the stated interval; the check fails
 when the held-out rate's own exact interval does not even meet the stated one (the held-out
-part is small: a rate just outside by chance is no evidence), and a failed check is stored but not
-activated unless forced. The version activated is refitted on all trials. Versions are kept in the store, audited, and
-any older one can be activated again (rollback); deactivating all returns to the shipped one.
+part is small: a rate just outside by chance is no evidence), and a failed check is stored but
+not activated unless forced. The version activated is refitted on all trials. Versions are kept
+in the store, audited, and any older one can be activated again (rollback); deactivating all returns to the shipped one.
 """
 
 from __future__ import annotations
@@ -58,26 +58,22 @@ MIN_CLAIMED_HELD = 30
 """Held-out reported impostor claims below which their own check is not made (it could not fail)."""
 
 
-def _claimed(trials: Sequence[Trial], kind: Normalisation) -> np.ndarray:
-    """Which rows of :func:`_column` are reported impostor claims (rather than enrolment pairs)."""
-    rows = [t for t in trials if t.label is not None and (kind is Normalisation.RAW or t.as_norm is not None)]
-    return np.array([t.kind in CLAIMS and t.label is False for t in rows], dtype=bool)
-
-
-def _column(trials: Sequence[Trial], kind: Normalisation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _column(trials: Sequence[Trial], kind: Normalisation) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scores, labels, net speech and which rows are reported impostor claims (not enrolment pairs)."""
     rows = [t for t in trials if t.label is not None and (kind is Normalisation.RAW or t.as_norm is not None)]
     scores = np.array([t.raw if kind is Normalisation.RAW else t.as_norm for t in rows], dtype=np.float64)
     labels = np.array([bool(t.label) for t in rows], dtype=bool)
     speech = np.array([t.speech_s for t in rows], dtype=np.float64)
-    return scores, labels, speech
+    claimed = np.array([t.kind in CLAIMS and t.label is False for t in rows], dtype=bool)
+    return scores, labels, speech, claimed
 
 
-def _split(labels: np.ndarray, seed: int, claimed: np.ndarray | None = None) -> np.ndarray:
+def _split(labels: np.ndarray, seed: int, claimed: np.ndarray) -> np.ndarray:
     """A boolean mask of the held-out part: HOLD_OUT of each class (impostor enrolment pairs and
     reported impostor claims apart), at random."""
     rng = np.random.default_rng(seed)
     held = np.zeros(len(labels), dtype=bool)
-    group = labels.astype(np.int8) if claimed is None else labels.astype(np.int8) + 2 * claimed.astype(np.int8)
+    group = labels.astype(np.int8) + 2 * claimed.astype(np.int8)  # 1 genuine, 0 enrolment pair, 2 reported claim
     for cls in (1, 0, 2):
         idx = np.flatnonzero(group == cls)
         if not len(idx):
@@ -149,7 +145,7 @@ def refit(trials: Sequence[Trial], policy: Policy, model_id: str, base: Calibrat
     fitted: dict[Normalisation, Calibration] = {}
     sources = sorted({t.source or "" for t in trials if t.label is not None})
     for kind in (Normalisation.RAW, Normalisation.AS_NORM):
-        scores, labels, speech = _column(trials, kind)
+        scores, labels, speech, claimed = _column(trials, kind)
         counts[kind.value] = {"genuine": int(labels.sum()), "impostor": int((~labels).sum())}
         if counts[kind.value]["genuine"] < want["genuine"] or counts[kind.value]["impostor"] < want["impostor"]:
             if kind is Normalisation.RAW:
@@ -162,7 +158,6 @@ def refit(trials: Sequence[Trial], policy: Policy, model_id: str, base: Calibrat
                 fitted[kind] = base.by_normalisation[kind]
                 out.kept_from_base.append(kind.value)
             continue
-        claimed = _claimed(trials, kind)
         held = _split(labels, seed, claimed)
         source = f"store: {len(labels)} trials, channel {channel or '(all)'}, labels from {', '.join(sources)}"
         part = Calibration.fit(scores[~held], labels[~held], speech[~held], kind, source + " (70% fit)")
