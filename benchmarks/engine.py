@@ -69,6 +69,8 @@ SHARED = ROOT.parent / "shared" / "corpora" / "librispeech-samples"
 RESULTS = ROOT / "benchmarks" / "results"
 SEED = 14
 ENROL_FILES = 2
+FOLDS = 5
+"""Enrolment folds on LibriSpeech (10 files a speaker, 2 enrolled on per fold)."""
 NOISE_SNR_DB = 20.0
 SPEED_SEGMENT_S = 3.0
 SYSTEMS = ("baseline", "ecapa", "campplus", "fusion")
@@ -236,13 +238,21 @@ def meeting_pool() -> Pool:
     return Pool(enrol, tests, [])
 
 
-def pool(impostors: int, seed: int = SEED) -> Pool:
-    """Test-other speakers (enrol on the first ``ENROL_FILES``) and a seeded draw of train-clean impostors."""
+def pool(impostors: int, seed: int = SEED, fold: int = 0) -> Pool:
+    """Test-other speakers and a seeded draw of train-clean impostors; in ``fold`` k each speaker is
+    enrolled on their files ``ENROL_FILES * k`` onwards (``ENROL_FILES`` of them) and tested on the others."""
     speakers = {d.name: sorted(d.glob("*.flac")) for d in sorted((SHARED / "test-other").iterdir()) if d.is_dir()}
     extra = sorted((SHARED / "train-clean").glob("*.flac"))
     chosen = sorted(np.random.default_rng(seed).choice(len(extra), size=min(impostors, len(extra)), replace=False))
-    return Pool({s: f[:ENROL_FILES] for s, f in speakers.items()}, {s: f[ENROL_FILES:] for s, f in speakers.items()},
-                [extra[i] for i in chosen])
+    first = ENROL_FILES * fold
+    return Pool({s: f[first:first + ENROL_FILES] for s, f in speakers.items()},
+                {s: f[:first] + f[first + ENROL_FILES:] for s, f in speakers.items()}, [extra[i] for i in chosen])
+
+
+def folds(impostors: int, count: int = FOLDS, seed: int = SEED) -> list[Pool]:
+    """``count`` LibriSpeech splits with disjoint enrolment files: every file is enrolled on in one
+    fold and tested in the others, so the trials use all the speech (5x the genuine trials of one split)."""
+    return [pool(impostors, seed, fold) for fold in range(count)]
 
 
 Cache = dict[tuple[str, float | None, str], dict[str, np.ndarray]]
@@ -263,25 +273,32 @@ def embeddings(engines: Engines, files: Sequence[Path], channel: str, test_s: fl
     return out
 
 
-def score_condition(engines: Engines, split: Pool, name: str, cache: Cache) -> dict[str, object]:
-    """EER and minDCF(0.01) of every system on one condition (``split``: the condition's corpus)."""
+def score_condition(engines: Engines, splits: Sequence[Pool], name: str, cache: Cache) -> dict[str, object]:
+    """EER and minDCF(0.01) of every system on one condition, on the trials of all ``splits`` pooled
+    (``splits``: the condition's corpus, one split per enrolment fold)."""
     channel, test_s = parse_condition(name)
-    enrolled = embeddings(engines, [p for f in split.enrol.values() for p in f], channel, None, cache)
-    test_files = [p for f in split.tests.values() for p in f] + split.impostors
-    tested = embeddings(engines, test_files, channel, test_s, cache)
-    owner = {p: s for s, files in split.tests.items() for p in files}
-    trials = [(s, p) for p in test_files for s in split.enrol]
-    labels = np.array([owner.get(p) == s for s, p in trials])
-    out: dict[str, object] = {"trials": {"genuine": int(labels.sum()), "impostor": int((~labels).sum())}}
-    scores: dict[str, np.ndarray] = {}
-    for system in systems(engines):
-        if system == "fusion":
-            scores[system] = (scores["ecapa"] + scores["campplus"]) / 2.0
-        else:
+    labels: list[np.ndarray] = []
+    parts: dict[str, list[np.ndarray]] = {system: [] for system in systems(engines)}
+    for split in splits:
+        enrolled = embeddings(engines, [p for f in split.enrol.values() for p in f], channel, None, cache)
+        test_files = [p for f in split.tests.values() for p in f] + split.impostors
+        tested = embeddings(engines, test_files, channel, test_s, cache)
+        owner = {p: s for s, files in split.tests.items() for p in files}
+        trials = [(s, p) for p in test_files for s in split.enrol]
+        labels.append(np.array([owner.get(p) == s for s, p in trials]))
+        for system in systems(engines):
+            if system == "fusion":
+                continue
             voiceprint = {s: l2_normalise(np.mean([enrolled[p][system] for p in files], axis=0))
                           for s, files in split.enrol.items()}
-            scores[system] = np.array([float(voiceprint[s] @ tested[p][system]) for s, p in trials])
-        m = compute_metrics(scores[system], labels)
+            parts[system].append(np.array([float(voiceprint[s] @ tested[p][system]) for s, p in trials]))
+    truth = np.concatenate(labels)
+    out: dict[str, object] = {"trials": {"genuine": int(truth.sum()), "impostor": int((~truth).sum())},
+                              "folds": len(splits)}
+    scores = {system: np.concatenate(values) for system, values in parts.items() if values}
+    scores["fusion"] = (scores["ecapa"] + scores["campplus"]) / 2.0
+    for system in systems(engines):
+        m = compute_metrics(scores[system], truth)
         out[system] = {"eer": round(m.eer, 5), "min_dcf_0.01": round(m.min_dcf_01, 4)}
     return out
 
@@ -335,14 +352,60 @@ def speed(segs: Sequence[np.ndarray], rounds: int = 2) -> dict[str, object]:
             if index >= 2:  # the first two are warm-up
                 times[threads, name].append(time.perf_counter() - started)
     out: dict[str, object] = {}
+    per_config: dict[int, dict[str, float]] = {}
     for threads in engines:
         rates = {name: 1.0 / float(np.median(t)) for (th, name), t in times.items() if th == threads}
+        per_config[threads] = rates
         out[f"{threads}_thread{'s' if threads > 1 else ''}"] = {
             name: {"embeddings_per_s": round(r, 2), "rtf": round(1.0 / (r * SPEED_SEGMENT_S), 4),
                    "vs_speechbrain": round(r / rates["speechbrain"], 2)}
             for name, r in rates.items()
         }
+    del engines
+    out["2_cores_best"] = two_cores(segs, per_config[2], rounds)
     return out
+
+
+def _engine_call(name: str) -> Callable[[np.ndarray], object]:
+    """One engine on one thread, warm, in this process."""
+    if name == "speechbrain":
+        return Engines(1).baseline
+    from voiceauth.embedding.onnx import OnnxEmbedder
+
+    return _single(OnnxEmbedder(name.removesuffix("_onnx"), threads=1).load())
+
+
+def _worker(name: str, segs: Sequence[np.ndarray], rounds: int, start_at: float) -> tuple[int, float]:
+    """Load ``name``, warm it, wait for the common start, embed every segment ``rounds`` times; (count, end)."""
+    call = _engine_call(name)
+    for seg in segs[:2]:
+        call(seg)
+    time.sleep(max(0.0, start_at - time.time()))
+    done = 0
+    for seg in list(segs) * rounds:
+        call(seg)
+        done += 1
+    return done, time.time()
+
+
+def two_cores(segs: Sequence[np.ndarray], in_process: dict[str, float], rounds: int) -> dict[str, object]:
+    """Each engine's best throughput on the 2 cores: one process on 2 threads (``in_process``, measured
+    above) or 2 worker processes on 1 thread each (as a service's worker pool runs them), engines one
+    after another; ratios against SpeechBrain's best of the two."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    best: dict[str, tuple[float, str]] = {}
+    for name in in_process:
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as workers:
+            start_at = time.time() + 60.0  # both load and warm up before the clock starts
+            results = [f.result() for f in [workers.submit(_worker, name, list(segs), rounds, start_at)
+                                            for _ in range(2)]]
+        procs = sum(n for n, _ in results) / (max(end for _, end in results) - start_at)
+        best[name] = max((in_process[name], "1 process x 2 threads"), (procs, "2 processes x 1 thread"))
+    base = best["speechbrain"][0]
+    return {name: {"embeddings_per_s": round(rate, 2), "rtf": round(1.0 / (rate * SPEED_SEGMENT_S), 4),
+                   "vs_speechbrain": round(rate / base, 2), "how": how} for name, (rate, how) in best.items()}
 
 
 def _single(embedder: Any) -> Callable[[np.ndarray], object]:
@@ -370,6 +433,7 @@ def summarise(conditions: dict[str, dict[str, object]], speeds: dict[str, object
         "at_or_below_baseline_eer_everywhere": everywhere("eer"),
         "at_or_below_baseline_min_dcf_everywhere": everywhere("min_dcf_0.01"),
         "eer_ratio_vs_baseline": {c: {s: ratio(c, s) for s in names} for c in conditions},
+        "worse_than_baseline_eer": {s: [c for c in conditions if value(c, s) > value(c, "baseline")] for s in names},
         "speed_vs_speechbrain": {t: {n: v["vs_speechbrain"] for n, v in r.items()}  # type: ignore[union-attr]
                                  for t, r in speeds.items()},
     }
@@ -394,10 +458,12 @@ def markdown(conditions: dict[str, dict[str, object]], speeds: dict[str, object]
         trials = res["trials"]
         cells = [f"{100 * res[s]['eer']:.2f} / {res[s]['min_dcf_0.01']:.3f}" for s in names]  # type: ignore[index]
         lines.append(f"| {cond} | {trials['genuine']}/{trials['impostor']} | " + " | ".join(cells) + " |")  # type: ignore[index]
-    lines += ["", "| threads | engine | embeddings/s (3 s) | RTF | vs SpeechBrain |", "| --- | --- | --- | --- | --- |"]
+    lines += ["", "| cores | engine | embeddings/s (3 s) | RTF | vs SpeechBrain |", "| --- | --- | --- | --- | --- |"]
+    layout = {"1_thread": "1 thread", "2_threads": "2 threads, 1 process", "2_cores_best": "2 cores, best layout"}
     for threads, rates in speeds.items():
         for name, v in rates.items():  # type: ignore[union-attr]
-            lines.append(f"| {threads.split('_')[0]} | {name} | {v['embeddings_per_s']} | {v['rtf']} | "
+            how = f" ({v['how']})" if "how" in v else ""
+            lines.append(f"| {layout.get(threads, threads)} | {name}{how} | {v['embeddings_per_s']} | {v['rtf']} | "
                          f"{v['vs_speechbrain']}x |")
     return "\n".join(lines) + "\n"
 
@@ -450,7 +516,7 @@ def speed_only() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="clean channel only, 10 impostor files")
-    parser.add_argument("--impostors", type=int, default=10, help="train-clean impostor files (default 10)")
+    parser.add_argument("--impostors", type=int, default=30, help="train-clean impostor files (default 30)")
     parser.add_argument("--threads", type=int, default=1, help="threads for the accuracy part (default 1)")
     parser.add_argument("--spliced", action="store_true", help="also the old front end (speech spliced) + ECAPA")
     parser.add_argument("--conditions", help="comma-separated subset of the conditions (default: all)")
@@ -460,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.speed_only:
         return speed_only()
     started, load_start = time.time(), os.getloadavg()
-    split = pool(10 if args.quick else args.impostors)
+    splits = folds(10 if args.quick else args.impostors)
+    split = splits[0]
     names = args.conditions.split(",") if args.conditions else [c for c in CONDITIONS
                                                                  if not args.quick or c.startswith("clean")]
     unknown = [c for c in names if c not in CONDITIONS]
@@ -473,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     engines = Engines(args.threads)
     engines.spliced = args.spliced
     result: dict[str, object] = {
-        "settings": {"seed": SEED, "enrol_files": ENROL_FILES, "speakers": len(split.enrol),
+        "settings": {"seed": SEED, "enrol_files": ENROL_FILES, "folds": len(splits), "speakers": len(split.enrol),
                      "train_clean_impostors": len(split.impostors), "noise_snr_db": NOISE_SNR_DB,
                      "meeting_speakers": len(meeting.enrol) if meeting else 0,
                      "front_end": "speech.analyse(...).trimmed: long non-speech out, short pauses and word edges kept",
@@ -487,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     conditions: dict[str, dict[str, object]] = {}
     for name in (c for c in names if c not in skipped):
         t0 = time.time()
-        corpus = meeting if name.startswith("meet-") and meeting is not None else split
+        corpus = [meeting] if name.startswith("meet-") and meeting is not None else splits
         conditions[name] = score_condition(engines, corpus, name, cache)
         print(f"{name}: {time.time() - t0:.0f} s " + ", ".join(
             f"{s} {100 * conditions[name][s]['eer']:.2f}%" for s in systems(engines)), flush=True)  # type: ignore[index]

@@ -14,7 +14,7 @@ PUBLIC = {
     "Audio", "Encoding", "Probe", "load_audio", "canonical_id",
     # results
     "Decision", "VerificationResult", "EnrolmentProgress", "EnrolmentStatus", "SampleReport", "Candidate",
-    "Flag", "WatchlistHit", "VoiceprintInfo", "OptOutResult",
+    "Flag", "WatchlistHit", "VoiceprintInfo", "OptOutResult", "ShadowStatus",
     # live calls
     "CallSession", "CallResult", "CallStatus", "Revision", "ScreenInput", "ScreenVerdict",
     # errors

@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 from pg_server import fresh_database, pg_url  # noqa: F401 - pg_url is the session fixture "postgres" needs
 
-from voiceauth.errors import KeyMissingError, StoreError, TamperedError
+from voiceauth.errors import KeyMissingError, NotEnrolledError, StoreError, TamperedError
 from voiceauth.store import AuditRecord, Consent, Namespace, Store, Voiceprint, open_store
 from voiceauth.store.crypto import KeyRing, load_keyring
 
 CUSTOMER = Namespace.CUSTOMER
 WATCHLIST = Namespace.WATCHLIST
+SHADOW = Namespace.SHADOW
 DIM = 192
 
 
@@ -283,6 +284,26 @@ def test_purge_unused(store: Store) -> None:
     purges = [e for e in store.audit_events() if e.action == "purge"]
     assert sorted(e.subject_id or "" for e in purges) == purged and {e.actor for e in purges} == {"retention"}
     assert store.purge_unused(now - 180 * day) == []
+
+
+def test_a_shadow_voiceprint_lives_and_dies_with_its_customer(store: Store) -> None:
+    """Shadow voiceprints (the next model's, :mod:`voiceauth.services.shadow`) need their customer,
+    and every erasure of the customer erases them in the same transaction."""
+    with pytest.raises(NotEnrolledError, match="no shadow voiceprint"):
+        put(store, voiceprint("ghost", ns=SHADOW, model="next-v2"))
+    now, day = time.time(), 86400.0
+    for subject in ("deleted", "opted-out", "purged", "kept"):
+        put(store, voiceprint(subject, seed=1, when=now - 400 * day if subject == "purged" else now))
+        put(store, voiceprint(subject, seed=2, ns=SHADOW, model="next-v2", complete=False))
+    assert [i.subject_id for i in store.list(SHADOW)] == ["deleted", "kept", "opted-out", "purged"]
+    assert [i.subject_id for i in store.list()] == ["deleted", "kept", "opted-out", "purged"]  # customers apart
+    assert store.embeddings(CUSTOMER, "next-v2")[0] == []
+    store.delete(CUSTOMER, "deleted", event=AuditRecord("delete", "deleted", "deleted"))
+    store.opt_out("opted-out", event=AuditRecord("opt_out", "opted-out", "opted_out"))
+    assert store.purge_unused(now - 180 * day) == ["purged"]
+    assert [i.subject_id for i in store.list(SHADOW)] == ["kept"]
+    with pytest.raises(NotEnrolledError):  # opted out (and erased): no shadow grows again
+        put(store, voiceprint("opted-out", ns=SHADOW, model="next-v2"))
 
 
 # -- audit trail --------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from voiceauth.results import (
 )
 from voiceauth.scoring.calibration import Calibration, CalibrationSet
 from voiceauth.scoring.policy import Policy, Thresholds
+from voiceauth.services.shadow import ShadowStatus
 from voiceauth.store.base import Consent, OptOutResult, VoiceprintInfo
 
 __version__ = "0.1.0"
@@ -94,6 +95,7 @@ __all__ = [
     "ScreenVerdict",
     "SessionError",
     "SessionSettings",
+    "ShadowStatus",
     "SpeechStackError",
     "StoreCorruptError",
     "StoreError",

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar, overload
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +37,9 @@ from voiceauth.scoring.calibration import CalibrationSet
 from voiceauth.scoring.normalisation import MIN_COHORT, Normalisation
 from voiceauth.scoring.policy import Policy, Thresholds
 from voiceauth.scoring.scorer import Scorer
+from voiceauth.services import shadow
 from voiceauth.services.cohort import COHORT_TTL_S, CohortCache
-from voiceauth.services.core import AudioSource, Services, analysis_flags, as_sources, prepare, source_name
+from voiceauth.services.core import AudioSource, Services, Shared, analysis_flags, as_sources, prepare, source_name
 from voiceauth.services.engines import DEFAULT_MODEL, MODELS, make_embedder, missing_calibration, shipped_calibration
 from voiceauth.services.enrolment import (
     MIN_SAMPLE_SPEECH_S,
@@ -52,6 +53,7 @@ from voiceauth.services.enrolment import (
 from voiceauth.services.harvest import Harvester
 from voiceauth.services.harvest import channel_tag as _tag
 from voiceauth.services.recalibrate import install_store_calibrations, store_calibrations
+from voiceauth.services.shadow import ShadowModel, ShadowStatus
 from voiceauth.speech.activity import analyse
 from voiceauth.store import open_store
 from voiceauth.store.base import (
@@ -68,7 +70,6 @@ from voiceauth.store.trials import Trial, TrialKind
 
 DEFAULT_ENROL_SPEECH_S = 10.0
 MAX_TOP_K = 100
-T = TypeVar("T")
 
 
 class _Unset:
@@ -77,23 +78,6 @@ class _Unset:
 
 
 CONSENT_REQUIRED: Any = _Unset()
-
-
-class _Shared(Generic[T]):
-    """A facade attribute kept in ``va.services``: setting it on the facade reaches every part."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self._name = name
-
-    @overload
-    def __get__(self, obj: None, owner: type) -> _Shared[T]: ...
-    @overload
-    def __get__(self, obj: VoiceAuth, owner: type) -> T: ...
-    def __get__(self, obj: VoiceAuth | None, owner: type) -> T | _Shared[T]:
-        return self if obj is None else getattr(obj.services, self._name)
-
-    def __set__(self, obj: VoiceAuth, value: T) -> None:
-        setattr(obj.services, self._name, value)
 
 
 class VoiceAuth:
@@ -120,18 +104,21 @@ class VoiceAuth:
             store, as management tools should.
         harvest: record in-domain trials and bona fide spoof scores (scores only, no customer id:
             :mod:`voiceauth.services.harvest`); without ``calibration``, the store's active one is used.
+        shadow_model: the next speaker model (a name or an Embedder): accepted verifications and
+            authenticated calls also grow each customer's voiceprint for it, which takes over once
+            the deployment runs that model (:mod:`voiceauth.services.shadow`). Off by default.
 
     The parts shared with the watchlist and live calls live in ``va.services``;
     ``va.store``, ``va.embedder`` and the other attributes below read and write them.
     """
 
-    store = _Shared[Store]()
-    embedder = _Shared[Embedder]()
-    scorer = _Shared[Scorer]()
-    policy = _Shared[Policy]()
-    spoof = _Shared[SpoofDetector | None]()
-    actor = _Shared[str]()
-    enrol_speech_s = _Shared[float]()
+    store = Shared[Store]()
+    embedder = Shared[Embedder]()
+    scorer = Shared[Scorer]()
+    policy = Shared[Policy]()
+    spoof = Shared[SpoofDetector | None]()
+    actor = Shared[str]()
+    enrol_speech_s = Shared[float]()
 
     def __init__(
         self,
@@ -146,6 +133,7 @@ class VoiceAuth:
         spoof: SpoofDetector | bool = True,
         create: bool = True,
         harvest: bool = True,
+        shadow_model: Embedder | str | None = None,
     ) -> None:
         opened = open_store(store, create=create)
         policy = policy or Policy()
@@ -169,6 +157,12 @@ class VoiceAuth:
             enrol_speech_s=enrol_speech_s,
             cohort=CohortCache(COHORT_TTL_S),
         )
+        if shadow_model is not None:
+            next_model = self._make_embedder(shadow_model, model_dir)
+            if next_model.model_id == model_id:
+                raise ModelError(f"shadow_model {next_model.model_id} is the model in use; name the next model "
+                                 "(e.g. shadow_model='campplus'), or leave it out")
+            self.services.shadow = ShadowModel(next_model)
         install_store_calibrations(self.services, in_store)
         self.harvester = Harvester(self.services, enabled=harvest)
         if harvest and self.services.spoof is not None:
@@ -310,6 +304,11 @@ class VoiceAuth:
     def probe(self, sample: AudioSource, *, sample_rate: int | None = None, channel: int | None = None,
               channel_tag: str | None = None) -> Probe:
         """Decode, find the speech in, and embed one recording."""
+        return self._probe(sample, sample_rate=sample_rate, channel=channel, channel_tag=channel_tag)[0]
+
+    def _probe(self, sample: AudioSource, *, sample_rate: int | None = None, channel: int | None = None,
+               channel_tag: str | None = None) -> tuple[Probe, np.ndarray]:
+        """The probe and the speech it was embedded from (in memory only: a shadow voiceprint may grow from it)."""
         audio = load_audio(sample, sample_rate=sample_rate, channel=channel)
         analysis = analyse(audio, min_speech_s=self.policy.min_speech_s)
         if analysis.report.speech_s == 0:
@@ -318,20 +317,10 @@ class VoiceAuth:
                 "check the recording is not silent and the customer's channel is selected"
             )
         embedding = self.embedder.embed([analysis.trimmed.samples])[0]  # short pauses and word edges kept
-        flags, spoof_probability = analysis_flags(analysis), None
-        if self.spoof is not None:
-            # every window of the speech frames of what was embedded, never the pauses
-            verdict = self.spoof.score_speech(analysis.speech.samples, analysis.speech.sample_rate)
-            spoof_probability = round(verdict.spoof_probability, 4)
-            references = self.services.spoof_reference
-            if references is not None:  # the channel's bona fide reference decides: gate, or only advise
-                assessment = references.for_channel(_tag(channel_tag)).assess(verdict.score)
-                flags += ((Flag.SPOOF_SUSPECTED,) if assessment.gate
-                          else (Flag.SPOOF_ADVISORY,) if assessment.flag else ())
-            elif verdict.suspected:
-                flags += (Flag.SPOOF_SUSPECTED,)
+        spoof_flags, spoof_probability = self.services.spoof_check(analysis.speech, _tag(channel_tag))
+        flags = analysis_flags(analysis) + spoof_flags
         return Probe(embedding, self.embedder.model_id, analysis.report.speech_s, flags, audio.duration_s,
-                     spoof_probability)
+                     spoof_probability), analysis.trimmed.samples
 
     def verify(
         self,
@@ -350,15 +339,21 @@ class VoiceAuth:
         tag = _tag(channel_tag)
         if self.store.is_opted_out(customer_id):
             return self._opted_out_result(customer_id)
-        voiceprint = self.services.load_voiceprint(customer_id)
-        probe = sample if isinstance(sample, Probe) else self.probe(sample, sample_rate=sample_rate, channel=channel,
-                                                                    channel_tag=tag)
+        voiceprint = shadow.load(self.services, customer_id)  # a complete shadow of this model takes over here
+        probe, speech = ((sample, None) if isinstance(sample, Probe)
+                         else self._probe(sample, sample_rate=sample_rate, channel=channel, channel_tag=tag))
         if probe.model_id != voiceprint.model_id:
             raise ModelMismatchError(
                 f"the probe was made by model {probe.model_id}, {customer_id}'s voiceprint by {voiceprint.model_id}"
             )
         result = self._decide(customer_id, voiceprint.embedding, probe.embedding, probe.speech_s, probe.flags, tag)
+        if result.decision is Decision.ACCEPT and speech is not None:  # the next model learns from accepted speech
+            shadow.grow(self.services, customer_id, [speech], [probe.speech_s], voiceprint.model_id)
         return dataclasses.replace(result, spoof_probability=probe.spoof_probability)
+
+    def shadow_status(self) -> ShadowStatus:
+        """How many customers the shadow model (``shadow_model=``) could verify now: the switch-over report."""
+        return shadow.status(self.services)
 
     def _decide(
         self, customer_id: str, enrolled: np.ndarray, embedding: np.ndarray, speech_s: float, flags: tuple[Flag, ...],

@@ -22,6 +22,7 @@ from voiceauth.cli.options import (
     model_option,
     open_client,
     policy_options,
+    shadow_option,
     store_options,
 )
 
@@ -77,14 +78,16 @@ def enroll(customer: str, files: Sequence[str], replace: bool, update: bool, con
 @click.option("--channel", type=int, help="Channel of a stereo recording that holds the customer.")
 @policy_options
 @model_option
+@shadow_option
 @store_options
 def verify(customer: str, file: str, channel: int | None, target_far: float, calibration: str | None,
-           model: str, store: str, model_dir: str | None, as_json: bool) -> None:
+           model: str, shadow_model: str | None, store: str, model_dir: str | None, as_json: bool) -> None:
     """Verify that FILE is CUSTOMER speaking. Exit 0 accept, 1 reject, 3 inconclusive, 4 opted out."""
     from voiceauth.decision import Decision
     from voiceauth.results import as_dict
 
-    with open_client(store, model_dir, target_far=target_far, calibration=calibration, model=model) as va:
+    with open_client(store, model_dir, target_far=target_far, calibration=calibration, model=model,
+                     shadow_model=shadow_model) as va:
         result = va.verify(customer, file, channel=channel)
     flags = ", ".join(f.value for f in result.flags) or "none"
     emit(as_json, as_dict(result),

@@ -13,6 +13,8 @@ from voiceauth.cli.options import (
     cli,
     emit,
     model_option,
+    open_client,
+    store_options,
 )
 
 
@@ -43,6 +45,24 @@ def pull(names: Sequence[str], all_models: bool, model_dir: str | None, spoof: b
     if spoof:
         found["aasist"] = str(resolve(AASIST))
     emit(as_json, found, "\n".join(f"{k}: {v} (checksum ok)" for k, v in found.items()))
+
+
+@models.command("shadow-status")
+@click.option("--to", "to_model", type=click.Choice(MODEL_NAMES), required=True,
+              help="The next model (the one `--shadow-model` grows voiceprints for).")
+@model_option
+@store_options
+def shadow_status(to_model: str, model: str, store: str, model_dir: str | None, as_json: bool) -> None:
+    """How many customers the next model could verify now: the report to decide when to switch --model."""
+    from voiceauth.results import as_dict
+
+    shadow = None if to_model == model else to_model
+    with open_client(store, model_dir, model=model, shadow_model=shadow, spoof=False, harvest=False) as va:
+        status = va.shadow_status()
+    emit(as_json, as_dict(status) | {"ready": round(status.ready, 4)},
+         f"{status.model_id}: {status.on_model} of {status.customers} customers on it, {status.shadows_complete} "
+         f"complete shadow voiceprints ready to take over, {status.shadows_in_progress} in progress; "
+         f"{100 * status.ready:.1f}% could be verified by it now")
 
 
 @cli.command()

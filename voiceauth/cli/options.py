@@ -83,6 +83,16 @@ def model_option(func: F) -> F:
     )(func)
 
 
+def shadow_option(func: F) -> F:
+    """--shadow-model: the next speaker model, whose voiceprints grow from accepted speech."""
+    return click.option(
+        "--shadow-model", type=click.Choice(MODEL_NAMES), envvar="VOICEAUTH_SHADOW_MODEL",
+        help="Next speaker model: accepted verifications and authenticated calls also grow each customer's "
+             "voiceprint for it, which takes over once --model is switched to it (see `voiceauth models "
+             "shadow-status`).",
+    )(func)
+
+
 def calibration_option(func: F) -> F:
     return click.option("--calibration", type=click.Path(dir_okay=False, exists=True),
                         help="Calibration file from `voiceauth calibrate` for the model (default: shipped).")(func)

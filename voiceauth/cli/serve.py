@@ -12,7 +12,15 @@ from pathlib import Path
 
 import click
 
-from voiceauth.cli.options import calibration_option, cli, emit, model_option, open_client, store_options
+from voiceauth.cli.options import (
+    calibration_option,
+    cli,
+    emit,
+    model_option,
+    open_client,
+    shadow_option,
+    store_options,
+)
 
 SCOPES = ("stream", "verify", "agent", "metrics", "admin")  # voiceauth.serve.auth.Scope, without importing it
 
@@ -40,6 +48,7 @@ def _need_serve_extra() -> None:
 @cli.command()
 @store_options
 @model_option
+@shadow_option
 @calibration_option
 @keys_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
@@ -53,7 +62,8 @@ def _need_serve_extra() -> None:
 @click.option("--ssl-certfile", type=click.Path(dir_okay=False, exists=True), help="TLS certificate (PEM).")
 @click.option("--ssl-keyfile", type=click.Path(dir_okay=False, exists=True), help="TLS private key (PEM).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info")
-def serve(store: str, model_dir: str | None, as_json: bool, model: str, calibration: str | None, keys_path: str,
+def serve(store: str, model_dir: str | None, as_json: bool, model: str, shadow_model: str | None,
+          calibration: str | None, keys_path: str,
           host: str, port: int, max_streams: int, idle_timeout: float, drain_timeout: float,
           ssl_certfile: str | None, ssl_keyfile: str | None, log_level: str) -> None:
     """Serve REST, Twilio / AudioHook streaming, the agent view and /metrics on one VoiceAuth."""
@@ -68,7 +78,8 @@ def serve(store: str, model_dir: str | None, as_json: bool, model: str, calibrat
         click.echo(f"warning: serving plain HTTP on {host}; keys and audio cross the network unencrypted "
                    "(pass --ssl-certfile/--ssl-keyfile or put a TLS proxy in front)", err=True)
     limits = Limits(max_streams=max_streams, idle_timeout_s=idle_timeout, drain_timeout_s=drain_timeout)
-    va = open_client(store, model_dir, create=True, model=model, calibration=calibration)  # it enrols: may create
+    va = open_client(store, model_dir, create=True, model=model, calibration=calibration,  # it enrols: may create
+                     shadow_model=shadow_model)
     try:
         app = create_app(va, keys, limits)
         run(app, host=host, port=port, log_level=log_level, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)

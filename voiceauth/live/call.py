@@ -15,7 +15,7 @@ import numpy as np
 from voiceauth.audio.decode import Encoding
 from voiceauth.decision import DECIDED, FINAL, CallStatus, decide_call
 from voiceauth.errors import SessionError
-from voiceauth.live.evidence import Evidence, Segment, Segmenter, unit
+from voiceauth.live.evidence import Evidence, Segment, Segmenter, ShadowSpeech, unit
 from voiceauth.live.frames import FrameFormat, decode_chunk, validate_chunk
 from voiceauth.live.screens import Screen, run_screens
 from voiceauth.live.spoof_track import SpoofState, SpoofTrack
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 class Host(Protocol):
     """What a call needs from the pool that runs it (:class:`~voiceauth.live.pool.SessionPool`)."""
 
@@ -43,9 +42,6 @@ class Host(Protocol):
     def schedule_front(self, session: CallSession) -> None: ...
     def schedule_spoof(self, session: CallSession) -> None: ...
     def record(self, event: CallResult, reason: str, error: str | None) -> tuple[CallStatus, str, str | None]: ...
-
-
-
 
 
 class CallSession:
@@ -120,6 +116,8 @@ class CallSession:
             SpoofState.WAITING if self._spoof is not None and not self._discard else SpoofState.OFF,
             max(1, -(-int(round(settings.spoof_window_s * sample_rate)) // frame)) * frame, sample_rate,
         )
+        self._shadow = ShadowSpeech(pool.services.enrol_speech_s) if pool.services.shadow and voiceprint is not None \
+            else None  # under _lock
         self._last_score: tuple[float, Normalisation] | None = None
         """LLR and normalisation of the latest update, to decide again when the spoof verdict comes."""
         self._barred = False
@@ -177,10 +175,8 @@ class CallSession:
         payload, count = validate_chunk(chunk, self._format, self.call_id)
         now = time.monotonic()
         self._last_fed = now  # a paused call fed frames is alive (a long card payment), not idle
-        if self._paused or self._discard or self._result.status in FINAL:
+        if self._paused or self._discard or self._result.status in FINAL or count == 0:
             return  # paused: dropped unseen; not enrolled, opted out, erased or failed: never processed
-        if count == 0:
-            return
         self._make_room(count)
         self._inbox.append((payload, count, now))
         self._fed_samples += count
@@ -214,9 +210,8 @@ class CallSession:
     # -- feed helpers (O(1) in the call length) ------------------------------------------------
     def _make_room(self, count: int) -> None:
         """Drop the oldest queued frames when the workers have fallen ``max_queued_s`` behind."""
-        while self._inbox and self._fed_samples - self._consumed_samples - self._dropped_samples + count > (
-            self._max_queued
-        ):
+        limit = self._max_queued - count
+        while self._inbox and self._fed_samples - self._consumed_samples - self._dropped_samples > limit:
             try:
                 _, old, _ = self._inbox.popleft()
             except IndexError:
@@ -224,12 +219,10 @@ class CallSession:
             self._dropped_samples += old
 
     def _close(self, reason: str) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._close_reason = reason
-        if not self._discard:
-            self._pool.schedule_front(self)
+        if not self._closed:
+            self._closed, self._close_reason = True, reason
+            if not self._discard:
+                self._pool.schedule_front(self)
 
     # -- worker side -----------------------------------------------------------------------------
     def _drain(self) -> bool:
@@ -359,6 +352,8 @@ class CallSession:
                 return []  # failed, erased or finished while the segment was in the model
             evidence = self._evidence
             evidence.add(np.asarray(embedding, dtype=np.float32), segment.speech_s)
+            if self._shadow is not None:
+                self._shadow.add(segment)
             data = evidence.screen_input(self.customer_id)
             verdicts = run_screens(self._screens, data)
             reason = ""
@@ -486,8 +481,16 @@ class CallSession:
             self._release()
             return calls
 
+    def _take_shadow_speech(self) -> list[Segment]:
+        """The scored speech of a call about to end AUTHENTICATED (for the shadow voiceprint), else none."""
+        with self._lock:
+            kept, self._shadow = self._shadow, None
+            held = self._result.status is CallStatus.AUTHENTICATED and not self._barred and not self._done.is_set()
+            return kept.segments if kept is not None and held else []
+
     def _release(self) -> None:
         """The call is over: drop what it still holds and mark it finished (caller holds ``_lock``)."""
+        self._shadow = None
         self._evidence.ring.clear()
         self._voiceprint = None
         self._check.drop()

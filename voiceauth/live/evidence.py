@@ -113,3 +113,16 @@ class Segmenter:
         samples = remove_dc(frames.reshape(-1))
         return Segment(resample(samples, self.sample_rate, MODEL_RATE), speech_frames * self.frame / self.sample_rate,
                        fed_at)
+
+
+class ShadowSpeech:
+    """A call's scored speech, kept in memory (at most ``limit_s`` of net speech) to grow the customer's
+    shadow voiceprint if the call ends AUTHENTICATED (:mod:`voiceauth.services.shadow`)."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.segments: list[Segment] = []
+
+    def add(self, segment: Segment) -> None:
+        if sum(s.speech_s for s in self.segments) < self.limit_s:
+            self.segments.append(segment)

@@ -21,6 +21,7 @@ from voiceauth.live.call import CallSession
 from voiceauth.live.frames import check_rate, parse_encoding
 from voiceauth.live.screens import Screen, default_screens
 from voiceauth.live.state import CallResult, SessionSettings, error_message, run_callbacks
+from voiceauth.services import shadow
 from voiceauth.services.harvest import new_trial_id
 from voiceauth.store.base import AuditRecord
 from voiceauth.store.trials import TrialKind
@@ -187,7 +188,7 @@ class SessionPool:
         if sv.store.is_opted_out(customer_id):
             return None, CallStatus.OPTED_OUT, None
         try:
-            voiceprint = sv.load_voiceprint(customer_id)
+            voiceprint = shadow.load(sv, customer_id)  # a complete shadow of this model takes over here
         except NotEnrolledError as exc:
             return None, CallStatus.NOT_ENROLLED, str(exc)
         return np.asarray(voiceprint.embedding, dtype=np.float32), CallStatus.PENDING, None
@@ -380,7 +381,11 @@ class SessionPool:
         with self._cond:
             self._sessions.pop(session.call_id, None)
         self._record_trial(session)  # on record before the final result is out
+        speech = session._take_shadow_speech()
         run_callbacks(session._finish())
+        if speech:  # after the verdict is out: the next model learns from the authenticated speech
+            shadow.grow(self.services, session.customer_id, [seg.samples for seg in speech],
+                        [seg.speech_s for seg in speech], self.services.embedder.model_id)
 
     def record(self, event: CallResult, reason: str, error: str | None) -> tuple[CallStatus, str, str | None]:
         """Before a call's status change is published: check the store before AUTHENTICATED (the

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, Union, overload
 
 import numpy as np
 
@@ -39,6 +39,14 @@ AudioSource = Union[str, "os.PathLike[str]", np.ndarray, Audio]
 
 
 @dataclass
+class ShadowModel:
+    """The next speaker model, whose voiceprints grow in the shadow of the current one
+    (:mod:`voiceauth.services.shadow`)."""
+
+    embedder: Embedder
+
+
+@dataclass
 class Services:
     """The shared parts of one ``VoiceAuth``.
 
@@ -59,11 +67,13 @@ class Services:
     channel_scorers: dict[str, Scorer] = field(default_factory=dict)
     """Scorers of calibrations fitted on one channel tag's trials (``voiceauth calibrate --from-store``)."""
     calibration_versions: dict[str, int] = field(default_factory=dict)
+    """Store calibration version in force per channel tag (``""``: untagged; 0 or absent: shipped/file)."""
     spoof_reference: SpoofReferences | None = None
+    """The spoof check's bona fide reference per channel tag (:mod:`voiceauth.fraud.reference`)."""
+    shadow: ShadowModel | None = None
+    """The next speaker model, whose voiceprints grow from authenticated speech (:mod:`voiceauth.services.shadow`)."""
     harvester: Harvester | None = None
     """Records trials (:mod:`voiceauth.services.harvest`); set by the Harvester itself."""
-    """The spoof check's bona fide reference per channel tag (:mod:`voiceauth.fraud.reference`)."""
-    """Store calibration version in force per channel tag (``""``: untagged; 0 or absent: shipped/file)."""
 
     def scorer_for(self, channel: str | None) -> Scorer:
         """The scorer of the channel tag's own calibration, else the default one."""
@@ -95,13 +105,29 @@ class Services:
         if trials and add_trials is not None:
             add_trials(trials)
 
+    def spoof_check(self, speech: Audio, tag: str) -> tuple[tuple[Flag, ...], float | None]:
+        """The spoof check of a recording's speech frames (never its pauses): (flags, spoof probability),
+        ``((), None)`` with the check off. The channel's bona fide reference, where there is one,
+        decides whether a high score gates the decision or only advises."""
+        if self.spoof is None:
+            return (), None
+        verdict = self.spoof.score_speech(speech.samples, speech.sample_rate)
+        probability = round(verdict.spoof_probability, 4)
+        if self.spoof_reference is not None:
+            assessment = self.spoof_reference.for_channel(tag).assess(verdict.score)
+            return ((Flag.SPOOF_SUSPECTED,) if assessment.gate
+                    else (Flag.SPOOF_ADVISORY,) if assessment.flag else ()), probability
+        return ((Flag.SPOOF_SUSPECTED,) if verdict.suspected else ()), probability
+
     def refresh_cohort(self) -> int | None:
         """Re-draw the current model's bounded cohort now (a scheduled, off-peak job); its version,
         or None while the store is small enough to be the cohort itself."""
         return self.cohort.refresh(self.store, self.embedder.model_id)
 
-    def load_voiceprint(self, customer_id: str) -> Voiceprint:
-        """The customer's complete voiceprint of the current model; NotEnrolledError / ModelMismatchError else."""
+    def load_voiceprint(self, customer_id: str, *, any_model: bool = False) -> Voiceprint:
+        """The customer's complete voiceprint of the current model (``any_model``: of whichever model
+        made it); NotEnrolledError / ModelMismatchError else. Callers that score use
+        :func:`voiceauth.services.shadow.load`, which also upgrades to a complete shadow voiceprint."""
         voiceprint = self.store.get(Namespace.CUSTOMER, customer_id)
         if voiceprint is None:
             raise NotEnrolledError(f"customer {customer_id} is not enrolled; enrol them first (voiceauth enroll)")
@@ -110,12 +136,36 @@ class Services:
                 f"enrolment of {customer_id} is incomplete ({voiceprint.speech_s:.1f} s of "
                 f"{self.enrol_speech_s:.0f} s of speech); add speech with enroll()"
             )
-        if voiceprint.model_id != self.embedder.model_id:
+        if voiceprint.model_id != self.embedder.model_id and not any_model:
             raise ModelMismatchError(
                 f"{customer_id}'s voiceprint was made by model {voiceprint.model_id}, not {self.embedder.model_id}; "
                 "score with that model or re-enrol the customer with replace=True"
             )
         return voiceprint
+
+
+T = TypeVar("T")
+
+
+class HasServices(Protocol):
+    services: Services
+
+
+class Shared(Generic[T]):
+    """A facade attribute kept in its ``services``: setting it on the facade reaches every part."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Shared[T]: ...
+    @overload
+    def __get__(self, obj: HasServices, owner: type) -> T: ...
+    def __get__(self, obj: HasServices | None, owner: type) -> T | Shared[T]:
+        return self if obj is None else getattr(obj.services, self._name)  # type: ignore[no-any-return]
+
+    def __set__(self, obj: HasServices, value: T) -> None:
+        setattr(obj.services, self._name, value)
 
 
 @dataclass(frozen=True)

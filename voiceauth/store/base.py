@@ -17,10 +17,17 @@ import numpy as np
 
 
 class Namespace(str, enum.Enum):
-    """Voiceprints of customers and of known fraudsters never mix."""
+    """Voiceprints of customers and of known fraudsters never mix.
+
+    ``SHADOW`` holds a customer's voiceprint for the *next* speaker model, grown from speech of
+    authenticated calls while the current model still decides (:mod:`voiceauth.services.shadow`).
+    A shadow row exists only beside its customer's voiceprint: erasing the customer (delete,
+    opt-out, purge) erases the shadow in the same transaction.
+    """
 
     CUSTOMER = "customer"
     WATCHLIST = "watchlist"
+    SHADOW = "shadow"
 
 
 @dataclass(frozen=True)

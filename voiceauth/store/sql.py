@@ -17,7 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from voiceauth.errors import KeyMissingError, StoreError, TamperedError
+from voiceauth.errors import KeyMissingError, NotEnrolledError, StoreError, TamperedError
 from voiceauth.store.audit import GENESIS, Head, Sealer, verify_trail
 from voiceauth.store.base import (
     AuditCheck,
@@ -274,7 +274,11 @@ class SQLStore(TrialTables, StreamingOps):
         with self._write() as con:
             kid = self._current_key(con)  # before the subject's lock: a rotation takes the key first
             self._lock_subject(con, namespace, subject_id)
-            opted_out = namespace is Namespace.CUSTOMER and self._opted_out(con, subject_id)
+            if namespace is Namespace.SHADOW:
+                self._lock_subject(con, Namespace.CUSTOMER, subject_id)  # erasure takes it too: no orphan
+                if self._get(con, Namespace.CUSTOMER, subject_id, self.LOCK_ROWS) is None:
+                    raise NotEnrolledError(f"{subject_id} has no voiceprint (erased?), so no shadow voiceprint either")
+            opted_out = namespace in (Namespace.CUSTOMER, Namespace.SHADOW) and self._opted_out(con, subject_id)
             lift = opt_in_gate(subject_id, opted_out, consent, opt_in)
             vp = build(self._get(con, namespace, subject_id, self.LOCK_ROWS))
             check_built(vp, namespace, subject_id)
@@ -305,12 +309,17 @@ class SQLStore(TrialTables, StreamingOps):
                    voiceprint_params(self.keyring, self.store_id, vp, kid, version))
 
     def _erase(self, con: Connection, namespace: Namespace, subject_id: str) -> bool:
-        """Delete the row; its version moves on, so no copy of it can be restored."""
+        """Delete the row (a customer's together with their shadow voiceprint); its version moves
+        on, so no copy of it can be restored. True if the row of ``namespace`` existed."""
+        namespace = Namespace(namespace)
         cur = self._exec(con, "DELETE FROM voiceprints WHERE namespace = ? AND subject_id = ?",
-                         (Namespace(namespace).value, subject_id))
-        if cur.rowcount > 0:
+                         (namespace.value, subject_id))
+        removed = cur.rowcount > 0
+        if removed:
             self._bump_version(con, namespace, subject_id)
-        return cur.rowcount > 0
+        if namespace is Namespace.CUSTOMER:  # after the customer's row: a shadow write holding it has committed
+            self._erase(con, Namespace.SHADOW, subject_id)
+        return removed
 
     def delete(self, namespace: Namespace, subject_id: str, *, event: AuditRecord) -> bool:
         """Erase one voiceprint; False, audited as ``not_found``, if none."""
