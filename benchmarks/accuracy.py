@@ -7,6 +7,8 @@ net test speech. AS-norm cohort: the first half of LibriSpeech train-clean.
 
     python benchmarks/accuracy.py                      # measure, write results/accuracy.json + PNGs
     python benchmarks/accuracy.py --write-calibration  # also refit voiceauth/data/calibration_ecapa.json
+    python benchmarks/accuracy.py --model campplus --write-calibration  # CAM++: accuracy-campplus.json and
+                                                       # voiceauth/data/calibration_campplus.json
 
 Held-out check: the calibration is refitted on one corpus's trials and the FAR at
 target_far=0.01 is measured on the other corpus's trials, against the interval stated.
@@ -22,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from voiceauth.embedding.base import Embedder
 from voiceauth.embedding.ecapa import EcapaEmbedder
 from voiceauth.scoring.calibration import Calibration, CalibrationSet
 from voiceauth.scoring.normalisation import Normalisation
 from voiceauth.scoring.policy import Policy
 from voiceauth.scoring.statistics import error_rates
+from voiceauth.services.engines import make_embedder, model_id_of
 from voiceauth.tools.bench import Bench, BenchSettings, Embedded, Split, TrialSet, split_corpus
 from voiceauth.tools.plots import plot_det
 from voiceauth.tools.samples import enrolment_meeting, meeting_speech, meetings
@@ -57,9 +61,9 @@ def meeting_split() -> Split:
     return Split({s: by_meeting[enrol_in][s] for s in speakers}, tests, cohort=cohort_files[: len(cohort_files) // 2])
 
 
-def collect(quick: bool) -> dict[str, TrialSet]:
-    """Embed every condition's files once and score all trials."""
-    embedder = EcapaEmbedder().load()
+def collect(quick: bool, model: str = "ecapa") -> dict[str, TrialSet]:
+    """Embed every condition's files once with ``model`` (and the baseline) and score all trials."""
+    embedder = make_embedder(model)
     corpora = {"librispeech": librispeech_split(), "meetings": meeting_split()}
     cache: dict[tuple[str, ...], Embedded] = {}
     out: dict[str, TrialSet] = {}
@@ -72,12 +76,13 @@ def collect(quick: bool) -> dict[str, TrialSet]:
     return out
 
 
-def bench(channel: str, max_s: float | None, embedder: EcapaEmbedder | None = None,
+def bench(channel: str, max_s: float | None, embedder: Embedder | None = None,
           cache: dict[tuple[str, ...], Embedded] | None = None) -> Bench:
     return Bench(BenchSettings(3, channel, max_s, None, True), embedder=embedder, cache=cache)
 
 
-def fit(trials: dict[str, TrialSet], names: list[str], source: str) -> CalibrationSet:
+def fit(trials: dict[str, TrialSet], names: list[str], source: str, model_id: str = EcapaEmbedder.model_id
+        ) -> CalibrationSet:
     fitted: dict[Normalisation, Calibration] = {}
     for kind, column in ((Normalisation.RAW, "raw"), (Normalisation.AS_NORM, "as_norm")):
         parts = [trials[n] for n in names if getattr(trials[n], column) is not None]
@@ -89,17 +94,18 @@ def fit(trials: dict[str, TrialSet], names: list[str], source: str) -> Calibrati
                 kind,
                 source,
             )
-    return CalibrationSet(EcapaEmbedder.model_id, fitted)
+    return CalibrationSet(model_id, fitted)
 
 
-def held_out(trials: dict[str, TrialSet], target_far: float) -> dict[str, object]:
+def held_out(trials: dict[str, TrialSet], target_far: float, model_id: str = EcapaEmbedder.model_id
+             ) -> dict[str, object]:
     """Fit on one corpus, measure FAR / FRR on the other at the policy's accept threshold."""
     out: dict[str, object] = {}
     policy = Policy(target_far=target_far)
     corpora = sorted({n.split("-")[0] for n in trials})
     for train in corpora:
         for test in (c for c in corpora if c != train):
-            cals = fit(trials, [n for n in trials if n.startswith(train)], f"held-out fit on {train}")
+            cals = fit(trials, [n for n in trials if n.startswith(train)], f"held-out fit on {train}", model_id)
             parts = [t for n, t in trials.items() if n.startswith(test)]
             kind = parts[0].normalisation
             th = policy.thresholds(cals.get(kind))
@@ -122,20 +128,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write-calibration", action="store_true", help="refit the shipped calibration")
     parser.add_argument("--quick", action="store_true", help="clean channel only (a smoke run)")
+    parser.add_argument("--model", choices=("ecapa", "campplus"), default="ecapa",
+                        help="speaker model measured (and calibrated); results of others go to accuracy-MODEL.json")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    trials = collect(args.quick)
+    model_id = model_id_of(args.model)
+    suffix = "" if args.model == "ecapa" else f"-{args.model}"
+    trials = collect(args.quick, args.model)
     calibrations = None
     if args.write_calibration:
         calibrations = fit(trials, list(trials), "benchmarks/accuracy.py: LibriSpeech test-other + speakerbox "
-                           "meetings, clean/phone x full/3 s")
-        calibrations.save(ROOT / "voiceauth" / "data" / "calibration_ecapa.json")
+                           "meetings, clean/phone x full/3 s", model_id)
+        calibrations.save(ROOT / "voiceauth" / "data" / f"calibration_{args.model}.json")
     summary: dict[str, object] = {}
     runs: dict[str, object] = {}
     for name, trial_set in trials.items():
         channel, length = name.split("-")[1:]
         report = bench(channel, None if length == "full" else float(length.rstrip("s"))).report(trial_set, calibrations)
-        report.write(RESULTS / "accuracy", name)
+        report.write(RESULTS / f"accuracy{suffix}", name)
         ours, base = report.result["voiceauth"], report.result["baseline"]
         runs[name] = report.result
         summary[name] = {
@@ -146,15 +156,16 @@ def main(argv: list[str] | None = None) -> int:
             "voiceauth_far": ours["far"], "voiceauth_frr": ours["frr"],  # type: ignore[index]
             "inconclusive": ours["inconclusive"], "trials": [ours["n_genuine"], ours["n_impostor"]],  # type: ignore[index]
         }
-    report_json = {"summary": summary, "held_out_calibration": held_out(trials, 0.01), "runs": runs}
-    (RESULTS / "accuracy.json").write_text(json.dumps(report_json, indent=2))
+    report_json = {"model": args.model, "model_id": model_id, "summary": summary,
+                   "held_out_calibration": held_out(trials, 0.01, model_id), "runs": runs}
+    (RESULTS / f"accuracy{suffix}.json").write_text(json.dumps(report_json, indent=2))
     systems = {}
     for name, t in trials.items():
         if name.endswith("phone-3s"):
             systems[f"voiceauth {name}"] = (t.scores, t.labels)
             systems[f"baseline {name}"] = (t.baseline, t.labels)
     if systems:
-        plot_det(systems, RESULTS / "accuracy-det-phone-3s.png", title="Phone channel, 3 s test speech")
+        plot_det(systems, RESULTS / f"accuracy{suffix}-det-phone-3s.png", title="Phone channel, 3 s test speech")
     print(json.dumps({"summary": summary, "held_out_calibration": report_json["held_out_calibration"]}, indent=2))
     return 0
 

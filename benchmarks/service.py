@@ -1,10 +1,11 @@
 """Service benchmark: real-time calls streamed to `voiceauth serve` over loopback, and a soak run.
 
-    python benchmarks/service.py                       # N = 10, 25, 50; soak 200 calls + 100 verifications
+    python benchmarks/service.py                       # N = 10, 25, 50 (burst; steady 25, 50); soak 200 calls
+    python benchmarks/service.py --model campplus --soak-calls 0 --soak-verifies 0   # -> service-campplus.json
     python benchmarks/service.py --levels 10 --soak-calls 50 --soak-verifies 20   # quick look
 
-The server runs as its own process (``voiceauth serve`` on a fresh store, real ECAPA and AASIST
-models), so its CPU time and resident memory are measured alone, from /proc. Customers: the
+The server runs as its own process (``voiceauth serve --model MODEL`` on a fresh store, real models,
+ECAPA or CAM++ and AASIST), so its CPU time and resident memory are measured alone, from /proc. Customers: the
 10 LibriSpeech test-other speakers, enrolled over REST on 3 phone-channel files each, plus
 30 train-clean speakers as a background population (AS-norm cohort).
 
@@ -16,6 +17,14 @@ speech segment fed -> its scored update; the ``voiceauth_decision_latency_second
 histogram, p50/p95 interpolated within its buckets) and spoof-check latency, the end-of-call
 latency (``stop`` sent -> final status received), audio dropped, CPU (cores used by the
 server process), and outcomes. Baseline in the same run: one call alone (N = 1).
+
+Steady state (``--steady N ...``): N calls always live, as in a contact centre where calls start
+and end at different times: N slots each stream ``--steady-call-s`` calls back to back, slot i's
+first call joining i/N of the way in, so at any moment the N calls are at every stage (opening,
+deciding, decided). Measured over ``--steady-window-s`` once all slots are busy: the same
+latencies (histogram deltas over the window), CPU, and the calls that ended in the window. The
+burst levels above are the worst case (all N calls decide and run their spoof check in the
+same seconds); the steady levels are the load a live service sees.
 
 Soak: ``--soak-calls`` calls (8 at a time, fed at 4x real time) and ``--soak-verifies`` REST
 verifications through the same server process, resident memory sampled every 0.5 s.
@@ -102,7 +111,7 @@ def delta_quantile(before: list[tuple[float, float]], after: list[tuple[float, f
 
 
 class Service:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, model: str = "ecapa") -> None:
         self.workdir = workdir
         ring = KeyRing()
         self.keys = {k: ring.create(k, [s]) for k, s in (("ivr", "stream"), ("ops", "admin"), ("prom", "metrics"),
@@ -114,7 +123,8 @@ class Service:
         env = dict(os.environ, VOICEAUTH_KEY_FILE=str(workdir / "keyring.json"), HF_HUB_OFFLINE="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "voiceauth", "serve", "--store", str(workdir / "vp.db"), "--keys",
-             str(workdir / "keys.json"), "--port", str(self.port), "--log-level", "warning", "--actor", "bench"],
+             str(workdir / "keys.json"), "--port", str(self.port), "--log-level", "warning", "--actor", "bench",
+             "--model", model],
             env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / "server.log", "w"))  # noqa: SIM115
         self.http, self.ws = f"http://127.0.0.1:{self.port}", f"ws://127.0.0.1:{self.port}"
         self.stats = Proc(self.proc.pid)
@@ -200,6 +210,54 @@ async def level(service: Service, calls: list[tuple[str, list[bytes], bool]], pa
     return out
 
 
+async def steady(service: Service, calls: list[tuple[str, list[bytes], bool]], n: int, seconds: float,
+                 measure_s: float, pace: float = 0.02) -> dict[str, object]:
+    """``n`` call slots, each running calls back to back; slot ``i``'s first call joins ``i * seconds / n``
+    seconds in, so the calls are at every stage at once, as in a contact centre. Measured over
+    ``measure_s`` once every slot is busy: latency (histogram deltas), CPU, and every call that
+    ended in the window (dropped audio, outcomes)."""
+    per_call = int(seconds / pace)
+    start = time.monotonic()
+    window: dict[str, float] = {}
+    ended: list[tuple[list[dict], bool]] = []
+
+    async def slot(i: int) -> None:
+        skip, j = int(i * per_call / n), 0
+        while "end" not in window or time.monotonic() < window["end"]:
+            claimed, frames, genuine = calls[(i + j * n) % len(calls)]
+            messages, _, _ = await twilio_call(service.ws, service.keys["ivr"], claimed, frames[skip:per_call], pace)
+            if "start" in window and time.monotonic() <= window["end"] + 5.0:
+                ended.append((messages, genuine))
+            skip, j = 0, j + 1
+
+    tasks = [asyncio.create_task(slot(i)) for i in range(n)]
+    await asyncio.sleep(max(0.0, start + 5.0 - time.monotonic()))  # every slot has joined (they start at once)
+    before, cpu0, t0 = service.metrics(), service.stats.cpu_s(), time.monotonic()
+    window.update(start=t0, end=t0 + measure_s)
+    rss: list[float] = []
+    while time.monotonic() < window["end"]:
+        rss.append(service.stats.rss_mb())
+        await asyncio.sleep(0.5)
+    wall, cpu, after = time.monotonic() - t0, service.stats.cpu_s() - cpu0, service.metrics()
+    await asyncio.gather(*tasks)
+    out: dict[str, object] = {"calls_live": n, "call_s": seconds, "window_s": round(wall, 1),
+                              "server_cpu_cores": round(cpu / wall, 2), "server_rss_mb_max": round(max(rss), 0)}
+    for name, key in (("voiceauth_decision_latency_seconds", "decision_latency"),
+                      ("voiceauth_spoof_check_latency_seconds", "spoof_check_latency")):
+        b, _ = histogram(before, name)
+        a, total = histogram(after, name)
+        out[key] = {"updates": int(total - (b[-1][1] if b else 0)), "p50_s": delta_quantile(b, a, 0.5),
+                    "p95_s": delta_quantile(b, a, 0.95)}
+    finals = [(m[-1]["call"] if m and m[-1].get("event") == "voiceauth.status" else None, g) for m, g in ended]
+    out["calls_ended_in_window"] = len(finals)
+    out["dropped_audio_s"] = round(sum(f["dropped_audio_s"] for f, _ in finals if f), 2)
+    out["genuine_authenticated"] = (f"{sum(bool(f) and f['status'] == 'authenticated' for f, g in finals if g)}"
+                                    f"/{sum(g for _, g in finals)}")
+    ever = sum("authenticated" in [s for s, _ in statuses(m)] for m, g in ended if not g)
+    out["impostor_ever_authenticated"] = f"{ever}/{sum(not g for _, g in finals)}"
+    return out
+
+
 def make_calls(speakers: dict[str, list[Path]], n: int, seconds: float, seed: int = 0) -> list:
     rng = random.Random(seed)
     ids = sorted(speakers)
@@ -208,7 +266,7 @@ def make_calls(speakers: dict[str, list[Path]], n: int, seconds: float, seed: in
     for i in range(n):
         spk = ids[i % len(ids)]
         if spk not in cache:
-            cache[spk] = frames_of(speakers[spk][3:8], seconds)
+            cache[spk] = frames_of(speakers[spk][3:], seconds)
         genuine = i % 3 != 2
         claimed = spk if genuine else rng.choice([s for s in ids if s != spk])
         calls.append((claimed, cache[spk], genuine))
@@ -262,31 +320,45 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[10, 25, 50])
     parser.add_argument("--seconds", type=float, default=12.0, help="audio per capacity call")
     parser.add_argument("--stagger", type=float, default=0.05, help="seconds between call starts")
+    parser.add_argument("--steady", type=int, nargs="*", default=[25, 50],
+                        help="steady-state levels: N calls always live, at every stage (none: skip)")
+    parser.add_argument("--steady-call-s", type=float, default=60.0, help="audio per steady-state call")
+    parser.add_argument("--steady-window-s", type=float, default=60.0, help="measured window per steady level")
     parser.add_argument("--soak-calls", type=int, default=200)
     parser.add_argument("--soak-verifies", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=RESULTS / "service.json")
+    parser.add_argument("--model", default="ecapa", choices=("ecapa", "ecapa-onnx", "campplus"),
+                        help="speaker model the server runs (default ecapa)")
+    parser.add_argument("--out", type=Path, help="default results/service.json (ecapa) or service-MODEL.json")
     args = parser.parse_args()
+    out: Path = args.out or RESULTS / ("service.json" if args.model == "ecapa" else f"service-{args.model}.json")
     speakers = {d.name: sorted(d.glob("*.flac")) for d in sorted((LIBRI / "test-other").iterdir()) if d.is_dir()}
     with tempfile.TemporaryDirectory() as tmp:
-        service = Service(Path(tmp))
+        service = Service(Path(tmp), args.model)
         try:
             enrol(service, speakers)
             report: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()},
-                                         "seconds_per_call": args.seconds, "levels": {}}
+                                         "model": args.model, "seconds_per_call": args.seconds, "levels": {}}
             rss_ready = service.stats.rss_mb()
             report["server_rss_mb_after_enrolment"] = round(rss_ready, 0)
             for n in [1, *args.levels]:
                 result = asyncio.run(level(service, make_calls(speakers, n, args.seconds), 0.02, args.stagger))
                 report["levels"][str(n)] = result  # type: ignore[index]
                 print(f"N={n}: {json.dumps(result)}", flush=True)
+            if args.steady:
+                report["steady"] = {"call_s": args.steady_call_s, "window_s": args.steady_window_s, "levels": {}}
+                for n in args.steady:
+                    calls = make_calls(speakers, 3 * n, args.steady_call_s, seed=2)
+                    result = asyncio.run(steady(service, calls, n, args.steady_call_s, args.steady_window_s))
+                    report["steady"]["levels"][str(n)] = result  # type: ignore[index]
+                    print(f"steady N={n}: {json.dumps(result)}", flush=True)
             if args.soak_calls or args.soak_verifies:
                 report["soak"] = asyncio.run(soak(service, speakers, args.soak_calls, args.soak_verifies, 8.0))
                 print("soak:", {k: v for k, v in report["soak"].items() if k != "rss_timeline"}, flush=True)  # type: ignore[union-attr]
         finally:
             service.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
