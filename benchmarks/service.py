@@ -1,7 +1,8 @@
 """Service benchmark: real-time calls streamed to `voiceauth serve` over loopback, and a soak run.
 
     python benchmarks/service.py                       # N = 10, 25, 50 (burst; steady 25, 50); soak 200 calls
-    python benchmarks/service.py --model campplus --soak-calls 0 --soak-verifies 0   # -> service-campplus.json
+    python benchmarks/service.py --model campplus --soak-calls 0 --soak-verifies 0 \\
+        --calibration benchmarks/results/calibration-campplus.json   # CAM++ (none shipped): service-campplus.json
     python benchmarks/service.py --levels 10 --soak-calls 50 --soak-verifies 20   # quick look
 
 The server runs as its own process (``voiceauth serve --model MODEL`` on a fresh store, real models,
@@ -111,7 +112,7 @@ def delta_quantile(before: list[tuple[float, float]], after: list[tuple[float, f
 
 
 class Service:
-    def __init__(self, workdir: Path, model: str = "ecapa") -> None:
+    def __init__(self, workdir: Path, model: str = "ecapa", calibration: Path | None = None) -> None:
         self.workdir = workdir
         ring = KeyRing()
         self.keys = {k: ring.create(k, [s]) for k, s in (("ivr", "stream"), ("ops", "admin"), ("prom", "metrics"),
@@ -124,7 +125,7 @@ class Service:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "voiceauth", "serve", "--store", str(workdir / "vp.db"), "--keys",
              str(workdir / "keys.json"), "--port", str(self.port), "--log-level", "warning", "--actor", "bench",
-             "--model", model],
+             "--model", model, *(["--calibration", str(calibration)] if calibration else [])],
             env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / "server.log", "w"))  # noqa: SIM115
         self.http, self.ws = f"http://127.0.0.1:{self.port}", f"ws://127.0.0.1:{self.port}"
         self.stats = Proc(self.proc.pid)
@@ -328,12 +329,14 @@ def main() -> None:
     parser.add_argument("--soak-verifies", type=int, default=100)
     parser.add_argument("--model", default="ecapa", choices=("ecapa", "ecapa-onnx", "campplus"),
                         help="speaker model the server runs (default ecapa)")
+    parser.add_argument("--calibration", type=Path, help="calibration file for a model without a shipped one "
+                        "(campplus: results/calibration-campplus.json, from accuracy.py)")
     parser.add_argument("--out", type=Path, help="default results/service.json (ecapa) or service-MODEL.json")
     args = parser.parse_args()
     out: Path = args.out or RESULTS / ("service.json" if args.model == "ecapa" else f"service-{args.model}.json")
     speakers = {d.name: sorted(d.glob("*.flac")) for d in sorted((LIBRI / "test-other").iterdir()) if d.is_dir()}
     with tempfile.TemporaryDirectory() as tmp:
-        service = Service(Path(tmp), args.model)
+        service = Service(Path(tmp), args.model, args.calibration)
         try:
             enrol(service, speakers)
             report: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()},
