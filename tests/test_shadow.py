@@ -153,6 +153,31 @@ def test_no_shadow_without_its_customer(current: VoiceAuth) -> None:
     assert current.store.get(Namespace.SHADOW, "ghost") is None
 
 
+def test_re_enrolment_discards_the_shadow_and_a_new_next_model_starts_over(current: VoiceAuth, db: Path) -> None:
+    current.verify("cust-2", voice(2, 6.0, 40), sample_rate=16000)
+    assert current.store.get(Namespace.SHADOW, "cust-2") is not None
+    current.enroll("cust-2", [voice(2, 4.0, s) for s in (7, 8, 9)], replace=True, sample_rate=16000,
+                   consent=Consent.now(channel="ivr", notice_version="v1", captured_by="tests"))
+    assert current.store.get(Namespace.SHADOW, "cust-2") is None
+    assert [e.outcome for e in current.audit_events("cust-2") if e.action == "shadow_delete"] == ["re-enrolled"]
+    # a shadow of an earlier next model (the plan changed) is replaced, never merged with another model's
+    current.verify("cust-2", voice(2, 6.0, 41), sample_rate=16000)
+    current.close()
+
+    class ThirdToneEmbedder(NextToneEmbedder):
+        model_id = "stand-in/tones@3"
+        dim = 32
+
+    with VoiceAuth(db, embedder=ToneEmbedder(), spoof=False, calibration=STANDIN_CALIBRATION,  # type: ignore[arg-type]
+                   shadow_model=ThirdToneEmbedder()) as va:  # type: ignore[arg-type]
+        assert va.verify("cust-2", voice(2, 6.0, 42), sample_rate=16000).decision is Decision.ACCEPT
+        got = va.store.get(Namespace.SHADOW, "cust-2")
+        assert got is not None and got.model_id == ThirdToneEmbedder.model_id and got.recordings == 1
+        assert got.embedding.shape == (32,)
+        assert [e.outcome for e in va.audit_events("cust-2") if e.action == "shadow_delete"] == [
+            "re-enrolled", "replaced"]
+
+
 def test_the_shadow_model_must_be_another_model(db: Path) -> None:
     with pytest.raises(ModelError, match="is the model in use"):
         VoiceAuth(db, embedder=ToneEmbedder(), spoof=False, calibration=STANDIN_CALIBRATION,  # type: ignore[arg-type]

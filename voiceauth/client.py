@@ -43,6 +43,7 @@ from voiceauth.services.core import AudioSource, Services, Shared, analysis_flag
 from voiceauth.services.engines import DEFAULT_MODEL, MODELS, make_embedder, missing_calibration, shipped_calibration
 from voiceauth.services.enrolment import (
     MIN_SAMPLE_SPEECH_S,
+    EnrolMode,
     NewSpeech,
     consent_gate,
     mode_of,
@@ -283,6 +284,8 @@ class VoiceAuth:
         before = self.store.get(Namespace.CUSTOMER, customer_id) if harvesting and len(seconds) == 1 else None
         voiceprint = write(self.services, Namespace.CUSTOMER, customer_id, new, model_id=self.embedder.model_id,
                            mode=mode, required_s=self.enrol_speech_s, consent=consent, opt_in=opt_in)
+        if mode is EnrolMode.REPLACE:  # the speech behind a shadow was verified against the old voiceprint
+            shadow.discard(self.services, customer_id, "re-enrolled")
         if harvesting:
             self.harvester.enrolment_with_spoof(customer_id, embeddings, seconds, tag, before, prepared.voiced)
         return progress(voiceprint, self.enrol_speech_s, prepared.reports)

@@ -18,6 +18,8 @@ to decide when to switch (``voiceauth models shadow-status``).
 
 Erasing a customer (delete, opt-out, retention purge) erases the shadow in the same
 transaction; a shadow is never written for a customer without a voiceprint or who opted out.
+Re-enrolling a customer from scratch (``replace=True``) discards their shadow: the speech it
+grew from was verified against the voiceprint being replaced.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from voiceauth.store.base import AuditRecord, Namespace, StreamingStore, Voicepr
 if TYPE_CHECKING:
     from voiceauth.services.core import Services
 
-__all__ = ["ShadowModel", "ShadowStatus", "grow", "load", "promote", "status"]
+__all__ = ["ShadowModel", "ShadowStatus", "discard", "grow", "load", "promote", "status"]
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +83,28 @@ def grow(services: Services, customer_id: str, speech: Sequence[np.ndarray], sec
         existing = services.store.get(Namespace.SHADOW, customer_id)
         if existing is not None and existing.complete and existing.model_id == model_id:
             return existing
-        mode = EnrolMode.UPDATE if existing is not None and existing.model_id == model_id else EnrolMode.REPLACE
+        if existing is not None and existing.model_id != model_id:  # a shadow of an earlier next model
+            discard(services, customer_id, "replaced")
         new = pool(shadow.embedder.embed(list(speech)), list(seconds))
-        return write(services, Namespace.SHADOW, customer_id, new, model_id=model_id, mode=mode,
+        return write(services, Namespace.SHADOW, customer_id, new, model_id=model_id, mode=EnrolMode.UPDATE,
                      required_s=services.enrol_speech_s, action="shadow_enroll")
     except NotEnrolledError:
         return None  # erased or opted out meanwhile: nothing to grow
     except (VoiceAuthError, RuntimeError, OSError, ValueError) as exc:
         log.warning("shadow voiceprint of %s for %s not updated: %s", customer_id, model_id, exc)
         return None
+
+
+def discard(services: Services, customer_id: str, why: str) -> bool:
+    """Delete the customer's shadow voiceprint, if any (audited ``shadow_delete``, outcome ``why``):
+    its speech no longer counts, e.g. after a re-enrolment from scratch."""
+    if services.store.get(Namespace.SHADOW, customer_id) is None:
+        return False
+    try:
+        return services.store.delete(Namespace.SHADOW, customer_id,
+                                     event=AuditRecord("shadow_delete", customer_id, why, services.actor))
+    except ErasureIncompleteError:  # deleted; a copy left in the WAL is the customer's own, not erased data
+        return True
 
 
 def load(services: Services, customer_id: str) -> Voiceprint:
