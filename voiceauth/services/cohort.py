@@ -65,9 +65,9 @@ DEFAULT_CHANNEL = "phone"
 """The public cohort's channel when the caller names none (call centres: telephone speech)."""
 PUBLIC_COHORTS: dict[str, tuple[str, str]] = {
     "speechbrain/spkrec-ecapa-voxceleb@0575cb64": (
-        "cohort_ecapa.npz", "a4483da5ca42775012ad1ebd32f1e9075356e6abc480b0f6e472cb01b43edfb5"),
+        "cohort_ecapa.npz", "971160d00c71f466f8b95b1ef54b37d483bcdb1e04f8a858a5d168d7c1d63232"),
     "3d-speaker/campplus-cn-en-common@92f29b94": (
-        "cohort_campplus.npz", "60cb4949e522020d107e654276e36e9c267d3d22421f250a77fbdfd286902136"),
+        "cohort_campplus.npz", "d090b239f5fc8d8054c6cc201c4b273ddb93c9b2a746796f2d523bf2b2fd97d4"),
 }
 """Model id -> (file in ``voiceauth/data``, its sha256): written by ``benchmarks/public_cohort.py``."""
 
