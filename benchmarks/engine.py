@@ -4,13 +4,13 @@
     python benchmarks/engine.py --quick  # clean channel only, fewer impostors (a smoke run)
     python benchmarks/engine.py --speed-only  # re-measure only the speed part into engine.json
 
-About 21 minutes on 2 shared cores (accuracy part on 1 thread; torch on 2 threads is slower
-than on 1 when the other core is busy). With 80 genuine trials a condition, one missed
-genuine trial is 1.25 % FRR: EER differences under ~1 % are within a trial or two.
+About 30 minutes on 2 idle cores (accuracy part on 1 thread). The speed part runs first and
+needs the machine to itself; ``--speed-only`` re-measures it alone.
 
-Corpora: LibriSpeech test-other (10 speakers x 10 files; each speaker is enrolled on their
-first 2 files, every other file is a genuine trial for them and an impostor trial for the 9
-others) plus ``--impostors`` train-clean files drawn with a fixed seed (impostor trials for
+Corpora: LibriSpeech test-other (10 speakers x 10 files, in ``FOLDS`` = 5 enrolment folds: in
+fold k each speaker is enrolled on files 2k and 2k+1, every other file is a genuine trial for
+them and an impostor trial for the 9 others; the folds' trials are pooled, 400 genuine a
+condition) plus ``--impostors`` train-clean files drawn with a fixed seed (impostor trials for
 every enrolled speaker); and, for the ``meet-`` conditions, the speakerbox council-meeting
 speech (9 speakers enrolled on their files of one meeting, tested on their files of the
 others: cross-session, spontaneous speech with long pauses; files under 1 s left out).
@@ -34,7 +34,9 @@ Systems, all scored by cosine against the mean enrolment embedding:
 * ``ecapa_spliced`` (``--spliced``): the old front end, speech frames spliced together, + ECAPA.
 
 Speed: embeddings per second of 3 s speech segments, and the real-time factor, for
-SpeechBrain, ECAPA ONNX and CAM++ ONNX on 1 and 2 threads (warm models, one segment a call).
+SpeechBrain, ECAPA ONNX and CAM++ ONNX on 1 and 2 threads (warm models, one segment a call),
+and each engine's best layout on the 2 cores: one process on 2 threads, or 2 worker processes
+on 1 thread each (a service's pool).
 """
 
 from __future__ import annotations
