@@ -100,6 +100,17 @@ def test_pool_is_deterministic_and_disjoint(bench: ModuleType, librispeech: Path
     assert not {p.name.split("-")[0] for p in one.impostors} & set(one.enrol)
 
 
+def test_folds_enrol_on_every_file_once_and_never_test_on_it(bench: ModuleType, librispeech: Path) -> None:
+    folds = bench.folds(10)
+    assert len(folds) == bench.FOLDS and all(f.impostors == folds[0].impostors for f in folds)
+    for speaker in folds[0].enrol:
+        enrolled = [p for f in folds for p in f.enrol[speaker]]
+        assert len(enrolled) == len(set(enrolled)) == bench.FOLDS * bench.ENROL_FILES  # each file once
+        for f in folds:
+            assert not set(f.enrol[speaker]) & set(f.tests[speaker])
+            assert set(f.enrol[speaker]) | set(f.tests[speaker]) == set(enrolled)
+
+
 @pytest.mark.parametrize("seconds", [1.0, 2.0, 3.0])
 def test_crops_hold_that_much_net_speech(bench: ModuleType, clip: Audio, seconds: float) -> None:
     for channel in ("clean", "mulaw"):
