@@ -111,6 +111,18 @@ def delta_quantile(before: list[tuple[float, float]], after: list[tuple[float, f
     return None
 
 
+def latencies(before: str, after: str) -> dict[str, object]:
+    """Decision and spoof-check latency p50 / p95 of the updates between two /metrics scrapes."""
+    out: dict[str, object] = {}
+    for name, key in (("voiceauth_decision_latency_seconds", "decision_latency"),
+                      ("voiceauth_spoof_check_latency_seconds", "spoof_check_latency")):
+        b, _ = histogram(before, name)
+        a, total = histogram(after, name)
+        out[key] = {"updates": int(total - (b[-1][1] if b else 0)), "p50_s": delta_quantile(b, a, 0.5),
+                    "p95_s": delta_quantile(b, a, 0.95)}
+    return out
+
+
 class Service:
     def __init__(self, workdir: Path, model: str = "ecapa", calibration: Path | None = None) -> None:
         self.workdir = workdir
@@ -190,12 +202,7 @@ async def level(service: Service, calls: list[tuple[str, list[bytes], bool]], pa
     after = service.metrics()
     out: dict[str, object] = {"calls": len(calls), "wall_s": round(wall, 1), "server_cpu_cores": round(cpu / wall, 2),
                               "server_rss_mb_max": round(max(rss), 0)}
-    for name, key in (("voiceauth_decision_latency_seconds", "decision_latency"),
-                      ("voiceauth_spoof_check_latency_seconds", "spoof_check_latency")):
-        b, _ = histogram(before, name)
-        a, total = histogram(after, name)
-        out[key] = {"updates": int(total - (b[-1][1] if b else 0)), "p50_s": delta_quantile(b, a, 0.5),
-                    "p95_s": delta_quantile(b, a, 0.95)}
+    out |= latencies(before, after)
     finals = [m[-1]["call"] if m and m[-1].get("event") == "voiceauth.status" else None for m, _, _ in results]
     tails = sorted(t for _, _, t in results)
     out["end_of_call_latency_s"] = {"p50": round(tails[len(tails) // 2], 3),
@@ -243,12 +250,7 @@ async def steady(service: Service, calls: list[tuple[str, list[bytes], bool]], n
     await asyncio.gather(*tasks)
     out: dict[str, object] = {"calls_live": n, "call_s": seconds, "window_s": round(wall, 1),
                               "server_cpu_cores": round(cpu / wall, 2), "server_rss_mb_max": round(max(rss), 0)}
-    for name, key in (("voiceauth_decision_latency_seconds", "decision_latency"),
-                      ("voiceauth_spoof_check_latency_seconds", "spoof_check_latency")):
-        b, _ = histogram(before, name)
-        a, total = histogram(after, name)
-        out[key] = {"updates": int(total - (b[-1][1] if b else 0)), "p50_s": delta_quantile(b, a, 0.5),
-                    "p95_s": delta_quantile(b, a, 0.95)}
+    out |= latencies(before, after)
     finals = [(m[-1]["call"] if m and m[-1].get("event") == "voiceauth.status" else None, g) for m, g in ended]
     out["calls_ended_in_window"] = len(finals)
     out["dropped_audio_s"] = round(sum(f["dropped_audio_s"] for f, _ in finals if f), 2)

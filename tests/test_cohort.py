@@ -52,6 +52,17 @@ def population(n: int, *, dim: int = 16, seed: int = 0, model: str = MODEL, pref
             for i, v in enumerate(vectors)]
 
 
+class WholeStore:
+    """The old cohort: every complete voiceprint of the model but the claimed customer's."""
+
+    def matrix(self, store: SQLiteStore, model_id: str, exclude: str = "", channel: str | None = None) -> np.ndarray:
+        ids, matrix = store.embeddings(Namespace.CUSTOMER, model_id)
+        return matrix[[i for i, cid in enumerate(ids) if cid != exclude]]
+
+    def invalidate(self) -> None:
+        pass
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     opened = SQLiteStore(tmp_path / "vp.db")
@@ -180,15 +191,6 @@ def test_bounded_cohort_gives_the_same_decisions_as_the_whole_store(tmp_path: Pa
     class NoModel:
         model_id, dim = MODEL, 16
 
-    class WholeStore:
-        def matrix(self, store: SQLiteStore, model_id: str, exclude: str = "", channel: str | None = None
-                   ) -> np.ndarray:
-            ids, matrix = store.embeddings(Namespace.CUSTOMER, model_id)
-            return matrix[[i for i, cid in enumerate(ids) if cid != exclude]]
-
-        def invalidate(self) -> None:
-            pass
-
     va = VoiceAuth(tmp_path / "vp.db", embedder=NoModel(), spoof=False,  # type: ignore[arg-type]
                    calibration=dataclasses.replace(default_calibration(), model_id=MODEL))
     try:
@@ -222,15 +224,6 @@ def test_above_the_bound_the_sampled_cohort_decides_as_the_whole_store(tmp_path:
 
     class NoModel:
         model_id, dim = ECAPA, 192
-
-    class WholeStore:
-        def matrix(self, store: SQLiteStore, model_id: str, exclude: str = "", channel: str | None = None
-                   ) -> np.ndarray:
-            ids, matrix = store.embeddings(Namespace.CUSTOMER, model_id)
-            return matrix[[i for i, cid in enumerate(ids) if cid != exclude]]
-
-        def invalidate(self) -> None:
-            pass
 
     clean, phone = public_cohort(ECAPA, "clean"), public_cohort(ECAPA, "phone")
     assert clean is not None and phone is not None

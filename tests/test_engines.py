@@ -37,15 +37,6 @@ def calibration_for(model_id: str, path: Path) -> Path:
 
 
 @pytest.fixture
-def uncalibrated_campplus(monkeypatch: pytest.MonkeyPatch) -> None:
-    """As if no calibration were shipped for CAM++: the path every model takes until one is measured."""
-    import voiceauth.scoring.calibration as calibration
-
-    real = calibration.packaged_calibration
-    monkeypatch.setattr(calibration, "packaged_calibration", lambda name: None if name == "campplus" else real(name))
-
-
-@pytest.fixture
 def two_speakers(speakers: dict[str, list[Path]]) -> tuple[list[Path], list[Path]]:
     a, b = list(speakers.values())[:2]
     return a, b
@@ -76,7 +67,7 @@ def test_facade_takes_the_model_by_name(tmp_path: Path) -> None:
 
 
 def test_model_without_calibration_enrols_but_refuses_every_decision(
-    tmp_path: Path, two_speakers: tuple[list[Path], list[Path]], consent: object, uncalibrated_campplus: None
+    tmp_path: Path, two_speakers: tuple[list[Path], list[Path]], consent: object
 ) -> None:
     a, _ = two_speakers
     with VoiceAuth(tmp_path / "vp.db", embedder="campplus", spoof=False) as va:
@@ -94,7 +85,7 @@ def test_model_without_calibration_enrols_but_refuses_every_decision(
 
 def test_voiceprint_of_one_model_is_never_scored_by_another(
     tmp_path: Path, two_speakers: tuple[list[Path], list[Path]], capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch, uncalibrated_campplus: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     a, _ = two_speakers
     store = str(tmp_path / "vp.db")
@@ -185,7 +176,7 @@ def test_calibrate_for_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_bench_compares_models_on_the_same_trials(
-    tmp_path: Path, speakers: dict[str, list[Path]], capsys: pytest.CaptureFixture[str], uncalibrated_campplus: None
+    tmp_path: Path, speakers: dict[str, list[Path]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     corpus = tmp_path / "corpus"
     for spk in sorted(speakers)[:3]:

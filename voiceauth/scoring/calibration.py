@@ -280,12 +280,4 @@ def default_calibration() -> CalibrationSet:
     return CalibrationSet.from_payload(json.loads(text))
 
 
-@cache
-def packaged_calibration(name: str) -> CalibrationSet | None:
-    """The calibration shipped as ``calibration_<name>.json`` (``benchmarks/accuracy.py --model NAME
-    --write-calibration``), or None where none is shipped."""
-    entry = resources.files("voiceauth.data").joinpath(f"calibration_{name}.json")
-    return CalibrationSet.from_payload(json.loads(entry.read_text())) if entry.is_file() else None
-
-
 

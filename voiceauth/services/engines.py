@@ -79,15 +79,10 @@ def pull(name: str, model_dir: str | os.PathLike[str] | None = None) -> dict[str
 
 def shipped_calibration(model_id: str) -> CalibrationSet | None:
     """The calibration voiceauth ships for ``model_id``, or None where none was measured."""
-    from voiceauth.scoring.calibration import default_calibration, packaged_calibration
+    from voiceauth.scoring.calibration import default_calibration
 
     shipped = default_calibration()
-    if shipped.model_id == model_id:
-        return shipped
-    for name, spec in MODELS.items():  # e.g. calibration_campplus.json
-        if spec.model_id == model_id and (packaged := packaged_calibration(name)) is not None:
-            return packaged.check_model(model_id)
-    return None
+    return shipped if shipped.model_id == model_id else None
 
 
 def missing_calibration(model_id: str) -> CalibrationError:
