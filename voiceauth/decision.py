@@ -13,6 +13,8 @@ Two forms of the same rule, both explicit functions of the thresholds (as Speech
   verdict then follows and a suspected spoof withdraws the authentication); NOT_AUTHENTICATED
   under the reject threshold or once a screen (speaker change, watchlist, spoof) has barred
   the call; otherwise the call keeps its status (hysteresis).
+* :func:`within_reach`, which of a live call's speech the spoof check looks at ahead of a
+  decision.
 
 Change a decision rule here; nothing else decides.
 """
@@ -114,3 +116,11 @@ def decide_call(
     if llr < thresholds.reject_llr:
         return CallDecision(CallStatus.NOT_AUTHENTICATED, f"LLR {llr:.2f} < reject {thresholds.reject_llr:.2f}")
     return CallDecision(current, "")
+
+
+def within_reach(llr: float, thresholds: Thresholds) -> bool:
+    """Could a live call with this LLR become AUTHENTICATED without first crossing back over the
+    reject threshold? Only such a call's speech is spoof-checked ahead of its decision: the speech
+    of a call whose voice does not match (an impostor, mostly) decides nothing while it stays so,
+    and checking it would cost the model time that matching calls wait for."""
+    return llr >= thresholds.reject_llr

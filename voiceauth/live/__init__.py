@@ -33,7 +33,14 @@ calls, does the rest:
    net speech for a decision, on all of it; later checks each take the speech heard
    since the previous one (padded to one ``spoof_window_s`` window with the speech just
    before it), whenever a window's worth has come in and whenever a matching voice
-   waits for its speech to be checked. The most spoof-like window decides. Model work,
+   waits for its speech to be checked. The most spoof-like window decides.
+   Checks run ahead of a decision only while the call is within reach of one (its LLR not
+   under the reject threshold, :func:`voiceauth.decision.within_reach`): the speech of a
+   call whose voice does not match, mostly impostors, is kept unchecked, up to
+   ``spoof_backlog_s``; if the voice comes to match, all of it is checked before the call
+   can be AUTHENTICATED, and past that bound it is forgotten and the call can no longer be
+   AUTHENTICATED. Spoof-checking every window of impostor speech was what limited the
+   service's capacity (``benchmarks/service.py``). Model work,
    embedding batches and spoof checks alike, runs one call at a time, oldest first,
    with all of torch's threads.
    A call is AUTHENTICATED only once every second of speech in its evidence has passed

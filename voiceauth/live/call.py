@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from voiceauth.audio.decode import Encoding
-from voiceauth.decision import DECIDED, FINAL, CallStatus, decide_call
+from voiceauth.decision import DECIDED, FINAL, CallStatus, decide_call, within_reach
 from voiceauth.errors import SessionError
 from voiceauth.live.evidence import Evidence, Segment, Segmenter, ShadowSpeech, unit
 from voiceauth.live.frames import FrameFormat, decode_chunk, validate_chunk
@@ -115,7 +115,7 @@ class CallSession:
         self._check = SpoofTrack(
             SpoofState.WAITING if self._spoof is not None and not self._discard else SpoofState.OFF,
             max(1, -(-int(round(settings.spoof_window_s * sample_rate)) // frame)) * frame, sample_rate,
-        )
+            backlog=int(settings.spoof_backlog_s * sample_rate))
         self._shadow = ShadowSpeech(pool.services.enrol_speech_s) if pool.services.shadow and voiceprint is not None \
             else None  # under _lock
         self._last_score: tuple[float, Normalisation] | None = None
@@ -379,10 +379,11 @@ class CallSession:
 
     def _decide(self, llr: float, speech_s: float, normalisation: Normalisation) -> tuple[CallStatus, str]:
         """The call's status for this evidence: :func:`voiceauth.decision.decide_call` (caller holds ``_lock``)."""
+        thresholds = self._pool.services.scorer_for(self.channel_tag).thresholds(normalisation)
+        self._check.in_reach = within_reach(llr, thresholds)  # check ahead of a decision only in reach of one
         verdict = decide_call(
-            self._result.status, llr, speech_s, normalisation,
-            self._pool.services.scorer_for(self.channel_tag).thresholds(normalisation),
-            margins=self._settings.margins, min_speech_s=self._decision_s, barred=self._barred,
+            self._result.status, llr, speech_s, normalisation, thresholds, margins=self._settings.margins,
+            min_speech_s=self._decision_s, barred=self._barred,
             spoof_covered=self._check.covers(speech_s, self._dropped_speech_s),
         )
         if verdict.awaits_spoof_check:

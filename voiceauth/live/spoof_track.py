@@ -5,8 +5,14 @@ it. A call may be AUTHENTICATED only on evidence whose every second has passed (
 :meth:`SpoofTrack.covers`), unless the check *follows* (:attr:`SpoofTrack.follows`: the channel's
 bona fide reference is calibrated, :mod:`voiceauth.fraud.reference`): then the call is
 AUTHENTICATED without waiting, the speech heard up to that moment is still checked, and a
-suspected spoof withdraws the authentication. Not thread-safe: the call holds its lock around
-every method.
+suspected spoof withdraws the authentication.
+
+Speech is checked ahead of a decision only while the call is *within reach* of one
+(:func:`voiceauth.decision.within_reach`: its LLR is not under the reject threshold). The speech
+of a call whose voice does not match is kept unchecked, up to :attr:`SpoofTrack.backlog`; if the
+voice comes to match, it is all checked before the call can be AUTHENTICATED. Past the backlog it
+is forgotten, and the call can no longer be AUTHENTICATED (fail closed): it has not matched for
+that long. Not thread-safe: the call holds its lock around every method.
 """
 
 from __future__ import annotations
@@ -63,10 +69,16 @@ class SpoofTrack:
     """Lowest bona fide score seen (the most spoof-like window decides)."""
     follows: bool = False
     """The verdict may come after AUTHENTICATED (and withdraw it): authentication does not wait."""
+    backlog: int | None = None
+    """Most unchecked samples kept while the call is out of reach (None: no bound)."""
+    in_reach: bool = False
+    """The latest LLR is within reach of a decision: check ahead of it (set by the call)."""
+    forgot: bool = False
+    """Unchecked speech was forgotten past the backlog: nothing heard can be covered any more."""
 
     @property
     def listening(self) -> bool:
-        return self.state in ACTIVE and not self.gap
+        return self.state in ACTIVE and not self.gap and not self.forgot
 
     def hear(self, voiced: np.ndarray, *, decided: bool) -> None:
         """Keep voiced speech for the next check; once the call is decided, stop (and forget)."""
@@ -76,6 +88,9 @@ class SpoofTrack:
         self.new.append(voiced)
         self.new_len += len(voiced)
         self.heard += len(voiced)
+        if not self.in_reach and self.backlog is not None and self.new_len > self.backlog:
+            self.forgot = True  # out of reach for a whole backlog: never AUTHENTICATED on this call
+            self.drop()
 
     def stop_hearing(self) -> None:
         """The call is decided: later speech is not checked (see voiceauth.live). A following check
@@ -94,10 +109,14 @@ class SpoofTrack:
             return False
         if self.gap:  # nothing more will come: check what is left (only a following check keeps any)
             return self.follows
+        if self.wanted:  # a matching voice waits for its speech
+            return True
+        if not self.in_reach:  # no decision can depend on this speech yet: keep it unchecked
+            return False
         if self.taken == 0 and not self.follows:
             return self.heard >= decision_samples
         # a following check does not hold up the decision: it takes whole windows, and the rest once decided
-        return self.wanted or self.new_len >= self.window
+        return self.new_len >= self.window
 
     def queue(self) -> None:
         self.state = SpoofState.QUEUED
@@ -118,6 +137,8 @@ class SpoofTrack:
         overload, ``dropped_s``, are counted: the evidence then reaches further.)"""
         if self.state is SpoofState.OFF:
             return True
+        if self.forgot:
+            return False
         if self.follows:  # the check follows the decision; a suspected spoof withdraws it
             return self.state in ACTIVE
         if not self.listening:

@@ -104,9 +104,15 @@ class SessionSettings:
     """On a channel whose bona fide spoof reference is calibrated (enough consented enrolments,
     :mod:`voiceauth.fraud.reference`), AUTHENTICATED does not wait for the spoof check: the check
     follows on the same speech, and a suspected spoof withdraws the authentication."""
+    spoof_backlog_s: float = 30.0
+    """Seconds of speech kept unchecked while a call's voice does not match (its LLR under the
+    reject threshold: :func:`voiceauth.decision.within_reach`). If it comes to match, that speech is
+    checked before the call is AUTHENTICATED; past this much, it is forgotten and the call can no
+    longer be AUTHENTICATED. Bounds a call's memory (30 s: about 1 MB at 8 kHz)."""
 
     def __post_init__(self) -> None:
-        positive = ("segment_s", "max_queued_s", "max_chunk_s", "idle_timeout_s", "reap_interval_s", "spoof_window_s")
+        positive = ("segment_s", "max_queued_s", "max_chunk_s", "idle_timeout_s", "reap_interval_s", "spoof_window_s",
+                    "spoof_backlog_s")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise SessionError(f"SessionSettings.{name} must be positive, got {getattr(self, name)!r}")
