@@ -157,12 +157,15 @@ def test_commands_outcome_calibrate_from_store_rollback_and_health(tmp_path: Pat
     # the channel's own version is rolled back: the default one (v1), fitted on these very trials, is in force
     assert report["labelled"]["genuine"] == 301 and report["calibration_version"] == 1
     assert report["by"]["raw"]["impostor"]["level"] == "stable"
+    # no reported calls: the settings' live margins stay
+    assert report["live_accept_margin"] == {"as-norm": 0.0, "raw": 3.0, "derived": False}
     code, out = run("calibrate", "--rollback")
     assert code == 0 and "shipped" in out
     code, out = run("health", "--json")
     assert json.loads(out)["by"]["raw"]["impostor"]["level"] == "major"  # the shipped one never saw this channel
     code, out = run("health")
     assert code == 0 and "PSI" in out and "calibration in force: shipped" in out
+    assert "live accept margin: AS-norm 0, raw 3 (the settings' defaults)" in out
 
 
 def test_drift_levels() -> None:
@@ -222,8 +225,10 @@ def test_trial_and_calibration_tables_on_postgresql(pg_url: str) -> None:  # noq
     store = open_store(fresh_database(pg_url))
     try:
         store.add_trials(in_domain(300, 2000))
-        store.add_trials([Trial("t-" + "b" * 24, TrialKind.CALL, MODEL, "ivr-8k", "as-norm", 0.6, 4.2, 9.0, llr=2.5)])
-        assert store.label_trial("t-" + "b" * 24, True, "kba", actor="t").label is True
+        store.add_trials([Trial("t-" + "b" * 24, TrialKind.CALL, MODEL, "ivr-8k", "as-norm", 0.6, 4.2, 9.0, llr=2.5,
+                                trajectory=((3.1, 3.0), (4.2, 9.0)))])
+        labelled = store.label_trial("t-" + "b" * 24, True, "kba", actor="t")
+        assert labelled.label is True and labelled.trajectory == ((3.1, 3.0), (4.2, 9.0))
         assert len(store.trials(labelled=True)) == 2301 and store.trial_channels() == ["ivr-8k"]
         fit = refit(store.trials(model_id=MODEL, labelled=True), Policy(), MODEL, default_calibration())
         assert fit.calibrations is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
@@ -16,12 +17,13 @@ from standin_voices import STANDIN_CALIBRATION, ToneEmbedder, voice
 from voiceauth.audio.g711 import mulaw_encode
 from voiceauth.client import VoiceAuth
 from voiceauth.errors import OutcomeError, VoiceAuthError
-from voiceauth.live import SessionPool, SessionSettings
+from voiceauth.live import CallResult, SessionPool, SessionSettings
+from voiceauth.scoring.normalisation import Normalisation
 from voiceauth.store.base import Consent, Namespace
 from voiceauth.store.trials import TrialKind
 
 TRIAL_COLUMNS = {"trial_id", "kind", "model_id", "channel", "normalisation", "raw", "as_norm", "speech_s", "llr",
-                 "label", "source", "day", "calibration"}
+                 "label", "source", "day", "calibration", "trajectory"}
 CUSTOMERS = 22
 
 
@@ -80,6 +82,9 @@ def test_legacy_migration_without_consent_harvests_nothing(tmp_path: Path) -> No
 def test_trial_table_holds_no_biometric_data_and_no_customer_id(va: VoiceAuth, tmp_path: Path) -> None:
     result = va.verify("cust-3", voice(3, 5.0, 9), sample_rate=16000, channel_tag="ivr-8k")
     va.report_outcome(result.trial_id, genuine=True, source="kba")
+    call_result = stream_call(va, "cust-4", voice(4, 8.0, 11, rate=8000))  # a call's trial, with its trajectory
+    va.report_outcome(call_result.trial_id, genuine=True, source="kba")
+    wait_for_call_trial(va)
     columns, data = rows(tmp_path / "vp.db", "trials")
     assert set(columns) == TRIAL_COLUMNS
     assert len(data) > 500
@@ -89,7 +94,10 @@ def test_trial_table_holds_no_biometric_data_and_no_customer_id(va: VoiceAuth, t
     for row in data:
         for name, value in zip(columns, row, strict=True):
             assert not isinstance(value, (bytes, bytearray)), name  # no blobs: no embedding, no audio
-            if isinstance(value, str):
+            if name == "trajectory" and value is not None:  # a call's (score, net speech) pairs: numbers only
+                points = json.loads(value)
+                assert all(len(p) == 2 and all(isinstance(v, (int, float)) for v in p) for p in points), value
+            elif isinstance(value, str):
                 assert value in allowed_text or (name == "trial_id" and re.fullmatch(r"t-[0-9a-f]{24}", value)), value
                 assert value not in ids
             else:
@@ -182,22 +190,36 @@ def test_channel_tags_are_short_words(va: VoiceAuth) -> None:
         va.verify("cust-1", voice(1, 4.0, 5), sample_rate=16000, channel_tag="ivr 8k; DROP TABLE")
 
 
-def test_live_call_records_its_trial_under_the_result_id(va: VoiceAuth) -> None:
+def stream_call(va: VoiceAuth, customer_id: str, x: np.ndarray) -> CallResult:
     va._sessions = SessionPool(va.services, SessionSettings(reap_interval_s=0.05, spoof_check=False),
                                watchlist=va.watchlist)
-    x = voice(4, 8.0, 11, rate=8000)
     codes = mulaw_encode(x)
-    with va.start_call("cust-4", channel_tag="ivr-8k") as call:
+    with va.start_call(customer_id, channel_tag="ivr-8k") as call:
         for i in range(0, len(codes) - 160 + 1, 160):
             call.feed(codes[i : i + 160].tobytes())
             if i % 4000 == 0:
                 time.sleep(0.002)
-    result = call.result(wait=60)
-    assert result.closed and result.trial_id is not None
+    return call.result(wait=60)
+
+
+def wait_for_call_trial(va: VoiceAuth) -> None:
     deadline = time.monotonic() + 5
     while not va.store.trials(kinds=(TrialKind.CALL,)) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def test_live_call_records_its_trial_under_the_result_id(va: VoiceAuth) -> None:
+    result = stream_call(va, "cust-4", voice(4, 8.0, 11, rate=8000))
+    assert result.closed and result.trial_id is not None
+    wait_for_call_trial(va)
     (trial,) = va.store.trials(kinds=(TrialKind.CALL,))
     assert trial.trial_id == result.trial_id and trial.channel == "ivr-8k" and trial.label is None
     assert trial.llr == pytest.approx(result.llr, abs=1e-3)
+    # its trajectory: each update's (score, net speech) once there was enough speech for a decision
+    assert trial.trajectory is not None and len(trial.trajectory) >= 2
+    speech = [s for _, s in trial.trajectory]
+    assert speech == sorted(speech) and speech[0] >= va._sessions.settings.min_decision_s - 1e-6
+    assert speech[-1] == pytest.approx(trial.speech_s, abs=0.01)
+    calibration = va.scorer.calibrations.get(Normalisation(trial.normalisation))
+    assert calibration.llr(*trial.trajectory[-1]) == pytest.approx(result.llr, abs=1e-2)  # the points re-score it
     assert va.report_outcome(result.trial_id, genuine=True, source="kba").label is True

@@ -89,6 +89,14 @@ class CallMargins:
     def for_(self, normalisation: Normalisation) -> float:
         return self.raw if normalisation is Normalisation.RAW else self.as_norm
 
+    def derived(self, margins: dict[str, float]) -> CallMargins:
+        """These margins, with those derived from the bank's own calls (by normalisation value,
+        :mod:`voiceauth.scoring.margin`) in their place."""
+        if not margins:
+            return self
+        return CallMargins(as_norm=margins.get(Normalisation.AS_NORM.value, self.as_norm),
+                           raw=margins.get(Normalisation.RAW.value, self.raw))
+
 
 @dataclass(frozen=True)
 class CallDecision:

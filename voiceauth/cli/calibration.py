@@ -186,6 +186,7 @@ cli.add_command(calibrate)
 def health(days: float, channel: str | None, target_far: float, store: str, model_dir: str | None, model: str,
            as_json: bool) -> None:
     """Drift of recent scores from the calibration's (PSI), trials harvested, refit readiness, spoof references."""
+    from voiceauth.live import SessionSettings
     from voiceauth.scoring.policy import Policy
     from voiceauth.services.recalibrate import drift_report, needed
 
@@ -200,6 +201,9 @@ def health(days: float, channel: str | None, target_far: float, store: str, mode
         counts = {"genuine": sum(t.label is True for t in labelled),
                   "impostor": sum(t.label is False for t in labelled)}
         report.update(calibration_version=version, labelled=counts, refit_needs=needed(Policy(target_far=target_far)))
+        margins = SessionSettings().margins.derived(va.services.call_margins_for(tag))
+        report["live_accept_margin"] = {"as-norm": margins.as_norm, "raw": margins.raw,
+                                        "derived": bool(va.services.call_margins_for(tag))}
         report["spoof_references"] = _spoof_references(va, tag)
     finally:
         va.close()
@@ -227,6 +231,9 @@ def _health_text(report: dict[str, Any]) -> str:
     verdict = "ready (voiceauth calibrate --from-store)" if ready else "not yet"
     lines.append(f"labelled trials: {have['genuine']} genuine / {have['impostor']} impostor; a refit needs "
                  f"{want['genuine']} / {want['impostor']}: {verdict}")
+    m = report["live_accept_margin"]
+    lines.append(f"live accept margin: AS-norm {m['as-norm']:g}, raw {m['raw']:g} "
+                 + ("(derived from reported call trajectories)" if m["derived"] else "(the settings' defaults)"))
     for ref in report["spoof_references"]:
         lines.append(f"spoof reference {ref['channel'] or '(untagged)'}: {ref['mode']}, {ref['scores']} of "
                      f"{ref['needed']} bona fide scores, gating below {ref['threshold']}")

@@ -77,7 +77,11 @@ impostor calls, 1.5 s segments, the shipped calibration):
 * raw scoring (SMALL_COHORT, a new store): 22/270 impostors reached the bare threshold,
   2/270 with a margin of 3, so ``raw_accept_margin_llr`` is 3.
 
-Re-measure with ``benchmarks/streaming.py`` after recalibrating.
+Re-measure with ``benchmarks/streaming.py`` after recalibrating. ``voiceauth calibrate
+--from-store`` does it on the bank's own calls: every call's trial keeps the (score, net speech)
+of each update, and from enough reported calls (1 000 impostor calls at ``target_far=0.01``) the
+refit derives the margin that holds them at the target under its new calibration
+(:mod:`voiceauth.scoring.margin`); while that calibration is active its margins replace these.
 
 Speaker change. On each update the mean embedding of the last ``change_window_s`` of
 speech is compared (cosine) with the call's earlier speech (at least

@@ -15,7 +15,7 @@ import numpy as np
 from voiceauth.audio.decode import Encoding
 from voiceauth.decision import DECIDED, FINAL, CallStatus, decide_call, within_reach
 from voiceauth.errors import SessionError
-from voiceauth.live.evidence import Evidence, Segment, Segmenter, ShadowSpeech, unit
+from voiceauth.live.evidence import CallTrajectory, Evidence, Segment, Segmenter, ShadowSpeech, unit
 from voiceauth.live.frames import FrameFormat, decode_chunk, validate_chunk
 from voiceauth.live.screens import Screen, run_screens
 from voiceauth.live.spoof_track import SpoofState, SpoofTrack
@@ -53,8 +53,6 @@ class CallSession:
 
     channel_tag = ""
     """The channel tag the pool set (its calibration scores the call)."""
-    _last_trial: Any = None
-    """(Score, net speech) of the latest update: recorded as the call's trial when it ends."""
 
     def __init__(
         self,
@@ -120,6 +118,7 @@ class CallSession:
             else None  # under _lock
         self._last_score: tuple[float, Normalisation] | None = None
         """LLR and normalisation of the latest update, to decide again when the spoof verdict comes."""
+        self._trial = CallTrajectory()  # latest score and trajectory: recorded as the call's trial when it ends
         self._barred = False
         self._flags: dict[Flag, None] = {}
         self._history: deque[Revision] = deque(maxlen=settings.history_limit)
@@ -369,7 +368,7 @@ class CallSession:
             score = sv.scorer_for(self.channel_tag).score(
                 self._voiceprint, call_embedding, evidence.seconds, sv.cohort_matrix(exclude=self.customer_id)
             )
-            self._last_trial = (score, evidence.seconds)
+            self._trial.add(score, evidence.seconds, decidable=speech_s >= self._decision_s)
             if score.normalisation is Normalisation.RAW:
                 self._flags[Flag.SMALL_COHORT] = None
             self._last_score = (score.llr, score.normalisation)
@@ -382,7 +381,8 @@ class CallSession:
         thresholds = self._pool.services.scorer_for(self.channel_tag).thresholds(normalisation)
         self._check.in_reach = within_reach(llr, thresholds)  # check ahead of a decision only in reach of one
         verdict = decide_call(
-            self._result.status, llr, speech_s, normalisation, thresholds, margins=self._settings.margins,
+            self._result.status, llr, speech_s, normalisation, thresholds,
+            margins=self._settings.margins.derived(self._pool.services.call_margins_for(self.channel_tag)),
             min_speech_s=self._decision_s, barred=self._barred,
             spoof_covered=self._check.covers(speech_s, self._dropped_speech_s),
         )

@@ -10,8 +10,11 @@ import numpy as np
 
 from voiceauth.audio.decode import MODEL_RATE, resample
 from voiceauth.live.screens import ScreenInput
+from voiceauth.scoring.normalisation import Normalisation
+from voiceauth.scoring.scorer import Score
 from voiceauth.speech.activity import Kept, frame_length
 from voiceauth.speech.pauses import remove_dc
+from voiceauth.store.trials import MAX_TRAJECTORY
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -126,3 +129,21 @@ class ShadowSpeech:
     def add(self, segment: Segment) -> None:
         if sum(s.speech_s for s in self.segments) < self.limit_s:
             self.segments.append(segment)
+
+
+@dataclass
+class CallTrajectory:
+    """What a finished call records as its trial: its latest score and net speech, and the
+    (score, net speech) of every update once the call had enough speech for a decision, all in one
+    normalisation (a store whose cohort grows past the bound mid-call starts it again)."""
+
+    last: tuple[Score, float] | None = None
+    points: list[tuple[float, float]] = field(default_factory=list)
+    normalisation: Normalisation | None = None
+
+    def add(self, score: Score, seconds: float, *, decidable: bool) -> None:
+        self.last = (score, seconds)
+        if score.normalisation is not self.normalisation:
+            self.points, self.normalisation = [], score.normalisation
+        if decidable and len(self.points) < MAX_TRAJECTORY:
+            self.points.append((float(score.value), float(seconds)))

@@ -115,10 +115,11 @@ class SessionPool:
     def _record_trial(self, session: CallSession) -> None:
         """The finished call's score as a trial under its id (nothing for failed or erased calls)."""
         result, harvester = session._result, self.services.harvester
-        if harvester is None or result.trial_id is None or session._last_trial is None or result.status in FINAL:
+        if harvester is None or result.trial_id is None or session._trial.last is None or result.status in FINAL:
             return
-        score, seconds = session._last_trial
-        harvester.decision(TrialKind.CALL, score, seconds, session.channel_tag, result.trial_id)
+        score, seconds = session._trial.last
+        harvester.decision(TrialKind.CALL, score, seconds, session.channel_tag, result.trial_id,
+                           trajectory=tuple(session._trial.points))
 
     @property
     def live(self) -> int:

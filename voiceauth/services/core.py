@@ -68,6 +68,9 @@ class Services:
     """Scorers of calibrations fitted on one channel tag's trials (``voiceauth calibrate --from-store``)."""
     calibration_versions: dict[str, int] = field(default_factory=dict)
     """Store calibration version in force per channel tag (``""``: untagged; 0 or absent: shipped/file)."""
+    call_margins: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Live accept margins by channel tag and normalisation, derived with the store calibration in
+    force from reported call trajectories (:mod:`voiceauth.scoring.margin`); absent: the settings'."""
     spoof_reference: SpoofReferences | None = None
     """The spoof check's bona fide reference per channel tag (:mod:`voiceauth.fraud.reference`)."""
     shadow: ShadowModel | None = None
@@ -78,6 +81,11 @@ class Services:
     def scorer_for(self, channel: str | None) -> Scorer:
         """The scorer of the channel tag's own calibration, else the default one."""
         return self.channel_scorers.get(channel or "", self.scorer)
+
+    def call_margins_for(self, channel: str | None) -> dict[str, float]:
+        """The derived live accept margins (by normalisation) of the calibration :meth:`scorer_for` uses."""
+        tag = channel or ""
+        return self.call_margins.get(tag if tag in self.channel_scorers else "", {})
 
     def cohort_matrix(self, exclude: str = "") -> np.ndarray:
         """The AS-norm cohort for the current model, without customer ``exclude``."""

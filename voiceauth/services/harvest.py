@@ -187,14 +187,15 @@ class Harvester:
         return len(trials) if self._save(trials) else 0
 
     # -- decisions -----------------------------------------------------------------------------------
-    def decision(self, kind: str, score: Score, speech_s: float, channel: str,
-                 trial_id: str | None = None) -> str | None:
-        """Record the score behind a verification or call; its trial id (None: not recorded)."""
-        trial = self.trial(kind, score, speech_s, channel, trial_id)
+    def decision(self, kind: str, score: Score, speech_s: float, channel: str, trial_id: str | None = None, *,
+                 trajectory: tuple[tuple[float, float], ...] | None = None) -> str | None:
+        """Record the score behind a verification or call (a call: with its trajectory); its trial id
+        (None: not recorded)."""
+        trial = self.trial(kind, score, speech_s, channel, trial_id, trajectory=trajectory)
         return trial.trial_id if trial is not None and self._save([trial]) else None
 
-    def trial(self, kind: str, score: Score, speech_s: float, channel: str,
-              trial_id: str | None = None) -> Trial | None:
+    def trial(self, kind: str, score: Score, speech_s: float, channel: str, trial_id: str | None = None, *,
+              trajectory: tuple[tuple[float, float], ...] | None = None) -> Trial | None:
         """The trial row of a decision, not yet written (None: this client records no trials); the
         caller writes it in the decision's own transaction (:meth:`Services.record_use`)."""
         if self.store is None:
@@ -202,7 +203,7 @@ class Harvester:
         normed = score.value if score.normalisation is Normalisation.AS_NORM else None
         return Trial(trial_id or new_trial_id(), kind, self.services.embedder.model_id, channel,
                      score.normalisation.value, score.raw, normed, float(speech_s), llr=score.llr,
-                     calibration=self._calibration_version(channel))
+                     calibration=self._calibration_version(channel), trajectory=trajectory)
 
     def report_outcome(self, trial_id: str, *, genuine: bool, source: str) -> Trial:
         """Label a verification or call trial with what the bank found out; StoreError when impossible."""

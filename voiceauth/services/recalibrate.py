@@ -37,6 +37,7 @@ import numpy as np
 from voiceauth.errors import CalibrationError
 from voiceauth.scoring.calibration import MIN_TRIALS_PER_CLASS, Calibration, CalibrationSet
 from voiceauth.scoring.drift import drift
+from voiceauth.scoring.margin import MarginFit, derive_margin
 from voiceauth.scoring.normalisation import Normalisation
 from voiceauth.scoring.policy import Policy
 from voiceauth.scoring.statistics import clopper_pearson
@@ -91,6 +92,12 @@ class Refit:
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     calibrations: CalibrationSet | None = None
     kept_from_base: list[str] = field(default_factory=list)
+    margins: dict[str, MarginFit] = field(default_factory=dict)
+    """The live accept margin derived with each refitted calibration (:mod:`voiceauth.scoring.margin`)."""
+
+    @property
+    def call_margins(self) -> dict[str, float]:
+        return {kind: m.margin for kind, m in self.margins.items() if m.margin is not None}
 
     @property
     def passed(self) -> bool:
@@ -101,7 +108,8 @@ class Refit:
     def report(self) -> dict[str, Any]:
         raw = self.checks.get(Normalisation.RAW.value, {})
         return {"channel": self.channel, "counts": self.counts, "held_out_checks": self.checks,
-                "kept_from_base": self.kept_from_base,
+                "kept_from_base": self.kept_from_base, "call_margins": self.call_margins,
+                "margin_fits": {kind: m.as_dict() for kind, m in self.margins.items()},
                 "summary": {"passed": self.passed, "genuine": self.counts.get("raw", {}).get("genuine", 0),
                             "impostor": self.counts.get("raw", {}).get("impostor", 0),
                             "held_out_far": raw.get("held_out_far", -1.0), "stated_far": raw.get("stated_far", -1.0)}}
@@ -121,6 +129,7 @@ class Refit:
                     f" ({c['claimed_far_interval'][0]:.2%}-{c['claimed_far_interval'][1]:.2%}), "
                     + ("consistent with" if c["claimed_consistent"] else "OUTSIDE (inconsistent with)")
                     + " the stated FAR")
+        lines += [m.describe() for m in self.margins.values()]
         for kind in self.kept_from_base:
             lines.append(f"{kind}: too few in-domain trials; kept the base calibration")
         return "\n".join(lines)
@@ -192,8 +201,18 @@ def refit(trials: Sequence[Trial], policy: Policy, model_id: str, base: Calibrat
         c["claimed_consistent"] = (_overlap(c["claimed_far_interval"], c["stated_far_interval"])
                                    if len(calls) >= MIN_CLAIMED_HELD else None)
         fitted[kind] = Calibration.fit(scores, labels, speech, kind, source)
+        out.margins[kind.value] = _margin(trials, kind, fitted[kind], policy)
     out.calibrations = CalibrationSet(model_id, fitted)
     return out
+
+
+def _margin(trials: Sequence[Trial], kind: Normalisation, calibration: Calibration, policy: Policy) -> MarginFit:
+    """The live accept margin for ``calibration``, from the reported calls scored in ``kind``."""
+    calls = [t for t in trials if t.kind == TrialKind.CALL and t.label is not None and t.trajectory
+             and t.normalisation == kind.value]
+    return derive_margin(kind.value, [t.trajectory for t in calls if t.label],  # type: ignore[misc]
+                         [t.trajectory for t in calls if not t.label], calibration,  # type: ignore[misc]
+                         policy.thresholds(calibration).accept_llr, policy.target_far)
 
 
 def _overlap(a: list[float], b: list[float]) -> bool:
@@ -211,6 +230,14 @@ def payload(calibrations: CalibrationSet) -> dict[str, Any]:
 
     return {"version": SCHEMA_VERSION, "model_id": calibrations.model_id,
             "calibrations": [c.to_dict() for c in calibrations.by_normalisation.values()]}
+
+
+def store_call_margins(store: Any, model_id: str) -> dict[str, dict[str, float]]:
+    """The live accept margins derived with the active store calibrations, by channel tag."""
+    if not isinstance(store, TrialStore):
+        return {}
+    return {v.channel: {str(k): float(m) for k, m in (v.report.get("call_margins") or {}).items()}
+            for v in store.calibration_versions(model_id) if v.active and v.report.get("call_margins")}
 
 
 def store_calibrations(store: Any, model_id: str) -> dict[str, tuple[int, CalibrationSet]]:
@@ -239,6 +266,7 @@ def install_store_calibrations(services: Any, in_store: dict[str, tuple[int, Cal
         services.scorer = Scorer(default, services.policy, missing=missing_calibration(model_id))
     services.channel_scorers = {tag: Scorer(cal, services.policy) for tag, (_, cal) in in_store.items() if tag}
     services.calibration_versions = {tag: version for tag, (version, _) in in_store.items()}
+    services.call_margins = store_call_margins(services.store, model_id) if in_store else {}
 
 
 # -- drift -----------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from voiceauth.store.base import Namespace
 from voiceauth.store.common import redact
 from voiceauth.store.crypto import KeyRing, load_keyring
 from voiceauth.store.sql import SQLStore
-from voiceauth.store.trials import POSTGRES_MIGRATION
+from voiceauth.store.trials import POSTGRES_MIGRATION, POSTGRES_TRAJECTORY_MIGRATION
 
 if TYPE_CHECKING:
     import psycopg
@@ -97,6 +97,8 @@ MIGRATIONS: list[str] = [
     """,
     # 3: in-domain trials and calibration versions (voiceauth.store.trials)
     POSTGRES_MIGRATION,
+    # 4: live call trajectories on call trials (the accept margin's in-domain evidence)
+    POSTGRES_TRAJECTORY_MIGRATION,
 ]
 OLDEST_READABLE = 2
 """Stores of schema 1 (no store id or row version in the associated data) are refused."""

@@ -30,7 +30,7 @@ from typing import Any
 from voiceauth.errors import ErasureIncompleteError, StoreCorruptError, StoreError
 from voiceauth.store.crypto import KeyRing, load_keyring
 from voiceauth.store.sql import SQLStore
-from voiceauth.store.trials import SQLITE_MIGRATION
+from voiceauth.store.trials import SQLITE_MIGRATION, SQLITE_TRAJECTORY_MIGRATION
 
 APPLICATION_ID = 0x56415554  # "VAUT" in the SQLite header
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -64,6 +64,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     # 3: in-domain trials and calibration versions (voiceauth.store.trials)
     SQLITE_MIGRATION,
+    # 4: live call trajectories on call trials (the accept margin's in-domain evidence)
+    SQLITE_TRAJECTORY_MIGRATION,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 OLDEST_READABLE = 2

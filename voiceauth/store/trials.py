@@ -28,7 +28,9 @@ from voiceauth.store.base import AuditRecord
 DAY_S = 86_400.0
 
 TRIAL_COLUMNS = ("trial_id, kind, model_id, channel, normalisation, raw, as_norm, speech_s, llr, label, source, "
-                 "day, calibration")
+                 "day, calibration, trajectory")
+MAX_TRAJECTORY = 200
+"""Points of a call's trajectory kept (the first ones: 300 s of speech in 1.5 s segments)."""
 CALIBRATION_COLUMNS = "version, model_id, channel, created_at, actor, payload, report, active"
 
 
@@ -71,6 +73,11 @@ class Trial:
     """Start (UTC) of the day the trial was made."""
     calibration: int = 0
     """Calibration version in force when it was scored (0: the shipped or a file calibration)."""
+    trajectory: tuple[tuple[float, float], ...] | None = None
+    """Calls only: (score, net speech) of each update once the call had enough speech for a
+    decision, in the trial's normalisation, at most :data:`MAX_TRAJECTORY` of them. With a
+    reported outcome it shows how high a call's LLR went under any calibration (the live
+    accept margin is derived from these, :mod:`voiceauth.scoring.margin`)."""
 
 
 def today(now: float | None = None) -> float:
@@ -83,13 +90,20 @@ def _row(t: Trial) -> tuple[Any, ...]:
     return (t.trial_id, t.kind, t.model_id, t.channel, t.normalisation, round(float(t.raw), 5),
             None if t.as_norm is None else round(float(t.as_norm), 5), round(float(t.speech_s), 2),
             None if t.llr is None else round(float(t.llr), 3), label, t.source, today(t.day or None),
-            int(t.calibration))
+            int(t.calibration), _trajectory_text(t.trajectory))
+
+
+def _trajectory_text(points: Sequence[Sequence[float]] | None) -> str | None:
+    if points is None:
+        return None
+    return json.dumps([[round(float(v), 5), round(float(s), 2)] for v, s in list(points)[:MAX_TRAJECTORY]])
 
 
 def _trial(r: Sequence[Any]) -> Trial:
     return Trial(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), float(r[5]),
                  None if r[6] is None else float(r[6]), float(r[7]), None if r[8] is None else float(r[8]),
-                 None if r[9] is None else bool(r[9]), r[10], float(r[11]), int(r[12]))
+                 None if r[9] is None else bool(r[9]), r[10], float(r[11]), int(r[12]),
+                 None if r[13] is None else tuple((float(v), float(sp)) for v, sp in json.loads(r[13])))
 
 
 @dataclass(frozen=True)
@@ -140,7 +154,7 @@ class TrialTables:
 
     def _insert_trials(self, con: Any, trials: Sequence[Trial]) -> None:
         for t in trials:
-            self._exec(con, f"INSERT INTO trials ({TRIAL_COLUMNS}) VALUES ({', '.join('?' * 13)})", _row(t))
+            self._exec(con, f"INSERT INTO trials ({TRIAL_COLUMNS}) VALUES ({', '.join('?' * 14)})", _row(t))
 
     def label_trial(self, trial_id: str, genuine: bool, source: str, *, actor: str) -> Trial:
         """Record the outcome of one trial. The same outcome again is a no-op; a different one, or a
@@ -270,3 +284,7 @@ POSTGRES_MIGRATION = """
     )
 """
 """Schema 3 of the PostgreSQL store."""
+
+SQLITE_TRAJECTORY_MIGRATION = ("ALTER TABLE trials ADD COLUMN trajectory TEXT",)
+POSTGRES_TRAJECTORY_MIGRATION = "ALTER TABLE trials ADD COLUMN trajectory TEXT"
+"""Schema 4 of both stores: call trajectories (:attr:`Trial.trajectory`)."""
