@@ -239,3 +239,26 @@ def test_trial_and_calibration_tables_on_postgresql(pg_url: str) -> None:  # noq
         assert set(store_calibrations(store, MODEL)) == {"ivr-8k"} and store.verify_audit().ok
     finally:
         store.close()
+
+
+def test_rolling_back_every_store_version_returns_to_the_calibration_the_client_was_given(tmp_path: Path) -> None:
+    """A client opened with its own calibration file that reloads after `calibrate --rollback` to
+    the base goes back to that file, not to the shipped calibration (or to none, for a model
+    without one: every decision refused)."""
+    from standin_voices import STANDIN_CALIBRATION, ToneEmbedder
+
+    from voiceauth.client import VoiceAuth
+
+    va = VoiceAuth(tmp_path / "vp.db", embedder=ToneEmbedder(), spoof=False,  # type: ignore[arg-type]
+                   calibration=STANDIN_CALIBRATION)
+    try:
+        given = va.scorer.calibrations
+        va.store.save_calibration(ToneEmbedder.model_id, "", payload(given), {}, actor="t")
+        va.reload_calibrations()
+        assert va.services.calibration_versions == {"": 1}
+        va.store.deactivate_calibrations(ToneEmbedder.model_id, "", actor="t")
+        va.reload_calibrations()
+        assert va.services.calibration_versions == {}
+        assert va.scorer.calibrations is given  # not the shipped ECAPA one, and not "no calibration"
+    finally:
+        va.close()

@@ -157,6 +157,7 @@ class VoiceAuth:
             actor=actor,
             enrol_speech_s=enrol_speech_s,
             cohort=CohortCache(COHORT_TTL_S),
+            base_calibration=calibrations if calibration is not None else None,
         )
         if shadow_model is not None:
             next_model = self._make_embedder(shadow_model, model_dir)
@@ -296,7 +297,8 @@ class VoiceAuth:
         return self.harvester.report_outcome(trial_id, genuine=genuine, source=source)
 
     def reload_calibrations(self) -> None:
-        """Use the calibrations activated (or rolled back) in the store since this client opened it."""
+        """Use the calibrations activated (or rolled back) in the store since this client opened it;
+        with none active, the calibration this client was given (else the shipped one)."""
         install_store_calibrations(self.services, reload=True)
 
     # -- verification ------------------------------------------------------------

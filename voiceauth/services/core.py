@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from voiceauth.embedding.base import Embedder
     from voiceauth.fraud.reference import SpoofReferences
     from voiceauth.fraud.spoof import SpoofDetector
+    from voiceauth.scoring.calibration import CalibrationSet
     from voiceauth.scoring.policy import Policy
     from voiceauth.scoring.scorer import Scorer
     from voiceauth.services.harvest import Harvester
@@ -68,6 +69,8 @@ class Services:
     """Scorers of calibrations fitted on one channel tag's trials (``voiceauth calibrate --from-store``)."""
     calibration_versions: dict[str, int] = field(default_factory=dict)
     """Store calibration version in force per channel tag (``""``: untagged; 0 or absent: shipped/file)."""
+    base_calibration: CalibrationSet | None = None
+    """The calibration the client was given (None: the shipped one); what no active store version leaves."""
     call_margins: dict[str, dict[str, float]] = field(default_factory=dict)
     """Live accept margins by channel tag and normalisation, derived with the store calibration in
     force from reported call trajectories (:mod:`voiceauth.scoring.margin`); absent: the settings'."""

@@ -254,7 +254,8 @@ def store_calibrations(store: Any, model_id: str) -> dict[str, tuple[int, Calibr
 def install_store_calibrations(services: Any, in_store: dict[str, tuple[int, CalibrationSet]] | None = None, *,
                                reload: bool = False) -> None:
     """Per-channel scorers and version numbers of the store's active calibrations; with ``reload``,
-    read them again and replace the default scorer too (the shipped calibration when none is active)."""
+    read them again and replace the default scorer too (when none is active: the calibration the
+    client was given, else the shipped one)."""
     from voiceauth.scoring.scorer import Scorer
     from voiceauth.services.engines import missing_calibration, shipped_calibration
 
@@ -262,7 +263,8 @@ def install_store_calibrations(services: Any, in_store: dict[str, tuple[int, Cal
     if in_store is None:
         in_store = store_calibrations(services.store, model_id)
     if reload:
-        default = in_store[""][1] if "" in in_store else shipped_calibration(model_id)
+        base = services.base_calibration
+        default = in_store[""][1] if "" in in_store else base if base is not None else shipped_calibration(model_id)
         services.scorer = Scorer(default, services.policy, missing=missing_calibration(model_id))
     services.channel_scorers = {tag: Scorer(cal, services.policy) for tag, (_, cal) in in_store.items() if tag}
     services.calibration_versions = {tag: version for tag, (version, _) in in_store.items()}
