@@ -151,3 +151,23 @@ def test_a_schema_3_store_gains_the_trajectory_column(tmp_path: Path) -> None:
         assert back.trajectory == ((0.5, 3.0), (0.6, 4.5))
     finally:
         store.close()
+
+
+def test_a_call_keeps_the_first_points_once_decidable_in_one_normalisation() -> None:
+    from voiceauth.live.evidence import CallTrajectory
+    from voiceauth.scoring.scorer import Score
+    from voiceauth.store.trials import MAX_TRAJECTORY
+
+    def score(value: float, kind: Normalisation = Normalisation.AS_NORM) -> Score:
+        return Score(0.5, kind, 1.0, 0.7, value)
+
+    t = CallTrajectory()
+    t.add(score(0.1, Normalisation.RAW), 1.5, decidable=False)  # too little speech: not a point
+    t.add(score(0.2, Normalisation.RAW), 3.0, decidable=True)
+    assert t.points == [(0.2, 3.0)] and t.last is not None and t.last[1] == 3.0
+    t.add(score(5.0), 4.5, decidable=True)  # the cohort grew past the bound: the trajectory starts again
+    assert t.points == [(5.0, 4.5)] and t.normalisation is Normalisation.AS_NORM
+    for i in range(2 * MAX_TRAJECTORY):
+        t.add(score(6.0 + i), 6.0 + 1.5 * i, decidable=True)
+    assert len(t.points) == MAX_TRAJECTORY and t.points[1] == (6.0, 6.0)  # the first ones, where decisions are made
+    assert t.last is not None and t.last[0].value == 6.0 + 2 * MAX_TRAJECTORY - 1  # the trial's score: the latest

@@ -29,8 +29,9 @@ DAY_S = 86_400.0
 
 TRIAL_COLUMNS = ("trial_id, kind, model_id, channel, normalisation, raw, as_norm, speech_s, llr, label, source, "
                  "day, calibration, trajectory")
-MAX_TRAJECTORY = 200
-"""Points of a call's trajectory kept (the first ones: 300 s of speech in 1.5 s segments)."""
+MAX_TRAJECTORY = 40
+"""Points of a call's trajectory kept: the first ones, 60 s of speech in 1.5 s segments, where
+nearly every decision is made (about 0.6 kB a call)."""
 CALIBRATION_COLUMNS = "version, model_id, channel, created_at, actor, payload, report, active"
 
 
@@ -96,7 +97,7 @@ def _row(t: Trial) -> tuple[Any, ...]:
 def _trajectory_text(points: Sequence[Sequence[float]] | None) -> str | None:
     if points is None:
         return None
-    return json.dumps([[round(float(v), 5), round(float(s), 2)] for v, s in list(points)[:MAX_TRAJECTORY]])
+    return json.dumps([[round(float(v), 4), round(float(s), 2)] for v, s in list(points)[:MAX_TRAJECTORY]])
 
 
 def _trial(r: Sequence[Any]) -> Trial:
