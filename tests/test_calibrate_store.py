@@ -17,7 +17,7 @@ from voiceauth.decision import CallStatus, Decision, decide, decide_call
 from voiceauth.errors import CalibrationError
 from voiceauth.fraud.reference import FALSE_ALARM, FAR_OUTSIDE_LOG_ODDS, MIN_REFERENCE, ChannelReference
 from voiceauth.models import ECAPA
-from voiceauth.scoring.calibration import Calibration, default_calibration
+from voiceauth.scoring.calibration import Calibration, CalibrationSet, default_calibration
 from voiceauth.scoring.drift import drift
 from voiceauth.scoring.normalisation import Normalisation
 from voiceauth.scoring.policy import REJECT_LLR, Policy
@@ -82,10 +82,11 @@ def test_refit_is_checked_on_reported_impostor_calls_not_only_on_easy_enrolment_
     """Enrolment impostor pairs are random other customers; reported fraud calls can be far closer to the
     genuine scores. A refit whose stated FAR those calls contradict must not pass (so it is not activated)."""
     policy = Policy(target_far=0.01)
-    close = refit(in_domain(400, 3000, seed=3) + claimed(400, 0.62, seed=4), policy, MODEL,
+    # 70 reported claims in the fit part: too few to hold the 1 % target on them (Policy.thresholds)
+    close = refit(in_domain(400, 3000, seed=3) + claimed(100, 0.62, seed=4), policy, MODEL,
                   default_calibration(), channel="ivr-8k")
     check = close.checks["raw"]
-    assert check["held_claimed_impostor"] == 120
+    assert check["held_claimed_impostor"] == 30
     assert check["claimed_far"] > check["stated_far_interval"][1] and not check["claimed_consistent"]
     assert not close.passed and "reported impostor calls" in close.describe()
 
@@ -96,6 +97,34 @@ def test_refit_is_checked_on_reported_impostor_calls_not_only_on_easy_enrolment_
     few = refit(in_domain(400, 3000, seed=3) + claimed(20, 0.62, seed=4), policy, MODEL,
                 default_calibration(), channel="ivr-8k")
     assert few.checks["raw"]["claimed_consistent"] is None  # 6 held out: too few to say either way
+
+
+def test_with_enough_reported_claims_the_threshold_holds_the_target_on_them() -> None:
+    """Random pairs of customers are easier impostors than callers who claim an identity: once the
+    bank has reported enough claims (1 / target_far in the fit), the accept threshold meets the FAR
+    target on them as well, and the refit states and checks that rate."""
+    policy = Policy(target_far=0.01)
+    pairs_only = refit(in_domain(400, 3000, seed=3), policy, MODEL, default_calibration(), channel="ivr-8k")
+    fit = refit(in_domain(400, 3000, seed=3) + claimed(400, 0.62, seed=4), policy, MODEL, default_calibration(),
+                channel="ivr-8k")
+    assert fit.calibrations is not None and pairs_only.calibrations is not None
+    cal = fit.calibrations.get(Normalisation.RAW)
+    assert cal.claimed is not None and int(cal.claimed.sum()) == 400 and not (cal.claimed & cal.labels).any()
+    th = policy.thresholds(cal)
+    assert th.claimed_trials == 400 and th.claimed_far is not None and th.claimed_far <= 0.01
+    claims = np.asarray(cal.trial_llrs())[cal.claimed]
+    assert float((claims >= th.accept_llr).mean()) <= 0.01
+    assert th.expected_far < th.claimed_far or th.expected_far == 0.0  # the pairs alone would allow more
+    without = policy.thresholds(pairs_only.calibrations.get(Normalisation.RAW))
+    assert without.claimed_far is None and th.accept_llr > without.accept_llr
+    check = fit.checks["raw"]
+    assert check["held_claimed_impostor"] == 120 and check["claimed_consistent"] and fit.passed
+    assert "reported impostor claims accepted" in th.describe()
+    # the flags survive the calibration file (and so the store's versions)
+    again = CalibrationSet.from_payload(payload(fit.calibrations), MODEL).get(Normalisation.RAW)
+    assert again.claimed is not None and (again.claimed == cal.claimed).all()
+    with pytest.raises(CalibrationError, match="impostor trials only"):
+        Calibration(cal.normalisation, cal.weights, cal.scores, cal.labels, cal.speech_s, "x", ~cal.claimed)
 
 
 def test_versions_activate_roll_back_and_reach_the_client(tmp_path: Path) -> None:

@@ -16,6 +16,9 @@ from voiceauth.live.spoof_track import SpoofState, SpoofTrack
 from voiceauth.scoring.policy import Thresholds
 from voiceauth.store.base import Consent
 
+ROOMY = {"max_queued_s": 120.0, "max_pending_segments": 256}
+"""Nothing dropped when the machine is busy: these calls stream faster than real time."""
+
 
 def consent() -> Consent:
     return Consent.now(channel="test", notice_version="v1", captured_by="tests")
@@ -63,7 +66,7 @@ def test_in_reach_the_backlog_does_not_apply() -> None:
 
 def test_an_impostor_call_costs_no_spoof_check(tmp_path: Path) -> None:
     spoof = StandInSpoof()
-    va = make_va(tmp_path, consent(), StandIn(), spoof=spoof)
+    va = make_va(tmp_path, consent(), StandIn(), spoof=spoof, **ROOMY)
     spoof.seen.clear()  # the enrolment's check
     try:
         call = va.start_call("cust-1")
@@ -80,7 +83,7 @@ def test_an_impostor_call_costs_no_spoof_check(tmp_path: Path) -> None:
 
 def test_a_genuine_call_is_still_checked_before_it_is_authenticated(tmp_path: Path) -> None:
     spoof = StandInSpoof()
-    va = make_va(tmp_path, consent(), StandIn(), spoof=spoof)
+    va = make_va(tmp_path, consent(), StandIn(), spoof=spoof, **ROOMY)
     spoof.seen.clear()  # the enrolment's check
     try:
         call = va.start_call("cust-1")
@@ -97,7 +100,8 @@ def test_a_call_that_comes_to_match_has_its_earlier_speech_checked(tmp_path: Pat
     """The other voice first (out of reach, unchecked), then the customer's: before the call can be
     AUTHENTICATED every second of its speech is checked, the opening included."""
     spoof = StandInSpoof()
-    va = make_va(tmp_path, consent(), StandIn(), spoof=spoof, change_threshold=-2.0)  # no speaker-change screen
+    va = make_va(tmp_path, consent(), StandIn(), spoof=spoof, **ROOMY,
+                 change_threshold=-2.0)  # no speaker-change screen
     spoof.seen.clear()  # the enrolment's check
     try:
         call = va.start_call("cust-1")
@@ -118,7 +122,7 @@ def test_a_call_that_comes_to_match_has_its_earlier_speech_checked(tmp_path: Pat
 
 def test_a_call_out_of_reach_past_the_backlog_is_never_authenticated(tmp_path: Path) -> None:
     spoof = StandInSpoof()
-    va = make_va(tmp_path, consent(), StandIn(), spoof=spoof, change_threshold=-2.0, spoof_backlog_s=3.0)
+    va = make_va(tmp_path, consent(), StandIn(), spoof=spoof, **ROOMY, change_threshold=-2.0, spoof_backlog_s=3.0)
     spoof.seen.clear()  # the enrolment's check
     try:
         call = va.start_call("cust-1")

@@ -117,10 +117,17 @@ class Calibration:
     labels: np.ndarray
     speech_s: np.ndarray
     source: str = "custom"
+    claimed: np.ndarray | None = None
+    """Impostor trials that were real claims of an identity the bank reported (``fraud_case``),
+    not random pairs of customers: the policy holds its FAR target on them too (see
+    :func:`voiceauth.scoring.policy.Policy.thresholds`). None: no such trials."""
 
     def __post_init__(self) -> None:
         _check_trials(self.scores, self.labels, self.speech_s)
         _check_weights(self.weights, self.durations_s)
+        if self.claimed is not None and (len(self.claimed) != len(self.labels) or bool(
+                np.any(np.asarray(self.claimed, dtype=bool) & np.asarray(self.labels, dtype=bool)))):
+            raise CalibrationError(f"'claimed' must mark impostor trials only, one flag per trial; {_REFIT}")
 
     @cached_property
     def durations_s(self) -> tuple[float, float]:
@@ -145,6 +152,7 @@ class Calibration:
         speech_s: Sequence[float] | np.ndarray,
         normalisation: Normalisation = Normalisation.RAW,
         source: str = "custom",
+        claimed: Sequence[bool] | np.ndarray | None = None,
     ) -> Calibration:
         """Fit on labelled trials, weighting both classes equally (effective prior 0.5).
 
@@ -157,7 +165,8 @@ class Calibration:
         _check_trials(s, y, d)
         weights = np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum())
         w = _fit_logistic(_features(s, d), y.astype(np.float64), weights)
-        return cls(normalisation, tuple(float(v) for v in w), s, y, d, source)  # type: ignore[arg-type]
+        flags = None if claimed is None else np.asarray(claimed, dtype=bool)
+        return cls(normalisation, tuple(float(v) for v in w), s, y, d, source, flags)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -168,6 +177,7 @@ class Calibration:
                 "score": [round(float(v), 5) for v in self.scores],
                 "genuine": [bool(v) for v in self.labels],
                 "speech_s": [round(float(v), 2) for v in self.speech_s],
+                **({"claimed": [bool(v) for v in self.claimed]} if self.claimed is not None else {}),
             },
         }
 
@@ -177,9 +187,11 @@ class Calibration:
         try:
             trials = data["trials"]
             assert isinstance(trials, dict)
-            labels = trials["genuine"]
-            if not (isinstance(labels, list) and all(isinstance(v, bool) for v in labels)):
-                raise CalibrationError(f"trial labels ('genuine') must be a list of true or false; {_REFIT}")
+            labels, claimed = trials["genuine"], trials.get("claimed")
+            for flags in (labels, *([claimed] if claimed is not None else [])):
+                if not (isinstance(flags, list) and all(isinstance(v, bool) for v in flags)):
+                    raise CalibrationError(f"trial flags ('genuine', 'claimed') must be lists of true or false; "
+                                           f"{_REFIT}")
             return cls(
                 Normalisation(data["normalisation"]),
                 tuple(_numbers(data["weights"], "weights")),  # type: ignore[arg-type]
@@ -187,6 +199,7 @@ class Calibration:
                 np.asarray(labels, dtype=bool),
                 np.asarray(_numbers(trials["speech_s"], "trial speech_s"), dtype=np.float64),
                 str(data.get("source", "file")),
+                None if claimed is None else np.asarray(claimed, dtype=bool),
             )
         except (KeyError, TypeError, ValueError, AssertionError) as exc:
             raise CalibrationError(f"calibration data is malformed ({exc!r}); {_REFIT}") from exc

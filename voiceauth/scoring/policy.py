@@ -39,11 +39,18 @@ class Thresholds:
     """Genuine callers confidently rejected (below the reject threshold)."""
     trials: tuple[int, int]
     """(genuine, impostor) calibration trials behind the figures."""
+    claimed_far: float | None = None
+    """Of the impostor trials, those that were reported claims of an identity (``fraud_case``):
+    the share accepted, when there are enough to hold the target on them too..."""
+    claimed_far_interval: Interval | None = None
+    claimed_trials: int = 0
 
     def describe(self) -> str:
+        claims = (f"; reported impostor claims accepted {self.claimed_far:.2%} (95% CI {self.claimed_far_interval}, "
+                  f"{self.claimed_trials} trials)" if self.claimed_far is not None else "")
         return (
             f"accept when LLR >= {self.accept_llr:.2f}: expected false accepts {self.expected_far:.2%} "
-            f"(95% CI {self.expected_far_interval}), genuine callers not accepted {self.expected_frr:.2%} "
+            f"(95% CI {self.expected_far_interval}){claims}, genuine callers not accepted {self.expected_frr:.2%} "
             f"(95% CI {self.expected_frr_interval}); reject below LLR {self.reject_llr:.2f} "
             f"({self.expected_false_reject:.2%} of genuine callers); "
             f"from {self.trials[0]} genuine / {self.trials[1]} impostor trials"
@@ -94,8 +101,14 @@ def _thresholds(target_far: float, max_false_reject: float, calibration: Calibra
             f"(they need target_far >= {1.0 / len(impostor):.2g}); raise target_far, or add impostor trials and "
             f"{_REFIT}"
         )
-    # Accept only where the FAR target is met AND the evidence favours the claim (LLR >= 0).
+    # Accept only where the FAR target is met AND the evidence favours the claim (LLR >= 0)...
     accept = max(threshold_for_far(impostor, target_far), 0.0)
+    # ...and, once the bank has reported enough real claims (fraud cases) to resolve the target, is
+    # met on them too: random pairs of customers are easier impostors than callers who claim an identity
+    claims = llrs[~calibration.labels & calibration.claimed] if calibration.claimed is not None else llrs[:0]
+    resolved = len(claims) > 0 and 1.0 / len(claims) <= target_far
+    if resolved:
+        accept = max(accept, threshold_for_far(claims, target_far))
     # Reject only on evidence against the claim: at most REJECT_LLR, never at an LLR that favours it.
     reject = min(threshold_for_frr(genuine, max_false_reject), REJECT_LLR, accept)
     n_fa = int((impostor >= accept).sum())
@@ -109,6 +122,9 @@ def _thresholds(target_far: float, max_false_reject: float, calibration: Calibra
         expected_frr_interval=clopper_pearson(n_fr, len(genuine)),
         expected_false_reject=float((genuine < reject).mean()),
         trials=(len(genuine), len(impostor)),
+        claimed_far=float((claims >= accept).mean()) if resolved else None,
+        claimed_far_interval=clopper_pearson(int((claims >= accept).sum()), len(claims)) if resolved else None,
+        claimed_trials=len(claims) if resolved else 0,
     )
 
 

@@ -18,6 +18,8 @@ FAR and FRR with intervals, and the 30 % checks them. Reported impostor calls (`
 outcomes of verifications and calls) are split apart and, from :data:`MIN_CLAIMED_HELD` held out,
 checked on their own: the enrolment pairs that make up most impostor trials are random other
 customers, easier than a caller who claims an identity, and could hide a FAR above the stated one.
+The calibrations mark those claims (``Calibration.claimed``), so that once the fit holds at least
+``1 / target_far`` of them the policy's accept threshold meets the target on them too.
 The report says whether each held-out rate lies inside the stated interval; the check fails
 when the held-out rate's own exact interval does not even meet the stated one (the held-out
 part is small: a rate just outside by chance is no evidence), and a failed check is stored but
@@ -128,7 +130,8 @@ class Refit:
                     f"{kind}: {c['held_claimed_impostor']} held-out reported impostor calls: FAR {c['claimed_far']:.2%}"
                     f" ({c['claimed_far_interval'][0]:.2%}-{c['claimed_far_interval'][1]:.2%}), "
                     + ("consistent with" if c["claimed_consistent"] else "OUTSIDE (inconsistent with)")
-                    + " the stated FAR")
+                    + f" the stated {c['stated_claimed_far']:.2%} ({c['stated_claimed_far_interval'][0]:.2%}-"
+                    f"{c['stated_claimed_far_interval'][1]:.2%})")
         lines += [m.describe() for m in self.margins.values()]
         for kind in self.kept_from_base:
             lines.append(f"{kind}: too few in-domain trials; kept the base calibration")
@@ -169,7 +172,8 @@ def refit(trials: Sequence[Trial], policy: Policy, model_id: str, base: Calibrat
             continue
         held = _split(labels, seed, claimed)
         source = f"store: {len(labels)} trials, channel {channel or '(all)'}, labels from {', '.join(sources)}"
-        part = Calibration.fit(scores[~held], labels[~held], speech[~held], kind, source + " (70% fit)")
+        part = Calibration.fit(scores[~held], labels[~held], speech[~held], kind, source + " (70% fit)",
+                               claimed=claimed[~held])
         th = policy.thresholds(part)
         llr = np.asarray(part.llr(scores[held], speech[held]))
         g, i = llr[labels[held]], llr[~labels[held]]
@@ -198,9 +202,13 @@ def refit(trials: Sequence[Trial], policy: Policy, model_id: str, base: Calibrat
         c["held_claimed_impostor"] = len(calls)
         c["claimed_far"] = round(accepted / len(calls), 5) if len(calls) else None
         c["claimed_far_interval"] = _interval(accepted, len(calls)) if len(calls) else None
-        c["claimed_consistent"] = (_overlap(c["claimed_far_interval"], c["stated_far_interval"])
+        # the policy holds the target on reported claims too once there are enough (Policy.thresholds)
+        claims_int = th.claimed_far_interval or fa_int
+        c["stated_claimed_far"] = round(th.claimed_far, 5) if th.claimed_far is not None else c["stated_far"]
+        c["stated_claimed_far_interval"] = [round(claims_int.low, 5), round(claims_int.high, 5)]
+        c["claimed_consistent"] = (_overlap(c["claimed_far_interval"], c["stated_claimed_far_interval"])
                                    if len(calls) >= MIN_CLAIMED_HELD else None)
-        fitted[kind] = Calibration.fit(scores, labels, speech, kind, source)
+        fitted[kind] = Calibration.fit(scores, labels, speech, kind, source, claimed=claimed)
         out.margins[kind.value] = _margin(trials, kind, fitted[kind], policy)
     out.calibrations = CalibrationSet(model_id, fitted)
     return out
