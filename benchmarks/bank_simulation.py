@@ -20,8 +20,11 @@
    also derives the live accept margin under the refitted calibration.
 5. *Held-out*: the held-out files, cut into calls of up to 20 s (at least 6 s), each claimed as its
    speaker and as every other meeting speaker, played live with the shipped calibration and again
-   with the refitted one. Measured: FAR of the calls' final evidence at the policy's accept
-   threshold against the FAR and 95 % interval each calibration states; genuine callers
+   with the refitted one; and the same files cut like the traffic (4 s calls: *like traffic*, the
+   calls a bank's refit should hold on, while the long calls are a shift it was not fitted on).
+   Measured: FAR of the calls' final evidence at the policy's accept threshold against the FAR
+   and 95 % interval each calibration states (for reported claims, when it states one: these
+   impostors claim an identity); genuine callers
    AUTHENTICATED within 10 s of net speech and impostor calls ever AUTHENTICATED (replayed in real
    time as benchmarks/streaming.py does); NOT_AUTHENTICATED at a positive LLR.
 
@@ -86,13 +89,16 @@ def cut(x: np.ndarray, seconds: float, min_s: float) -> list[np.ndarray]:
     return [x[i:i + step] for i in range(0, len(x), step) if len(x[i:i + step]) >= min_s * RATE]
 
 
-def corpus() -> tuple[dict[str, list[np.ndarray]], list[tuple[str, np.ndarray]], list[tuple[str, np.ndarray]]]:
-    """(enrolment pieces, traffic calls, held-out calls) of the meeting speakers, phone channel."""
+def corpus() -> tuple[dict[str, list[np.ndarray]], list[tuple[str, np.ndarray]], list[tuple[str, np.ndarray]],
+                    list[tuple[str, np.ndarray]]]:
+    """(enrolment pieces, traffic calls, held-out calls, held-out calls cut like the traffic) of the
+    meeting speakers, phone channel."""
     by_meeting = meetings(meeting_speech())
     home = enrolment_meeting(by_meeting)
     enrol = {s: [p for f in files for p in cut(phone(f), ENROL_PIECE_S, 1.5)] for s, files in by_meeting[home].items()}
     traffic: list[tuple[str, np.ndarray]] = []
     held: list[tuple[str, np.ndarray]] = []
+    like_traffic: list[tuple[str, np.ndarray]] = []
     for meeting, spk_files in sorted(by_meeting.items()):
         if meeting == home:
             continue
@@ -105,7 +111,8 @@ def corpus() -> tuple[dict[str, list[np.ndarray]], list[tuple[str, np.ndarray]],
                     traffic += [(s, c) for c in cut(x, TRAFFIC_CALL_S, TRAFFIC_CALL_S)]
                 else:
                     held += [(s, c) for c in cut(x, HELD_CALL_S, MIN_CALL_S)]
-    return enrol, traffic, held
+                    like_traffic += [(s, c) for c in cut(x, TRAFFIC_CALL_S, TRAFFIC_CALL_S)]
+    return enrol, traffic, held, like_traffic
 
 
 def play(va: VoiceAuth, claims: list[str], x: np.ndarray) -> list[tuple[list[CallResult], Any]]:
@@ -172,18 +179,20 @@ def measure(va: VoiceAuth, held: list[tuple[str, np.ndarray]], enrolled: list[st
     n_fa = int((final_llr["impostor"] >= th.accept_llr).sum())
     n_imp = len(final_llr["impostor"])
     measured = clopper_pearson(n_fa, n_imp)
+    # these impostors claim an identity: the rate stated for reported claims when the policy has one
+    stated, stated_interval = ((th.claimed_far, th.claimed_far_interval) if th.claimed_far_interval is not None
+                               else (th.expected_far, th.expected_far_interval))
     g_times = np.array([first_authenticated(t, accept, decision_s) for t, _ in genuine])
     i_times = np.array([first_authenticated(t, accept, decision_s) for t, _ in impostor])
     wrong_rejects = sum(rejected_at_positive_llr(t) for t, _ in genuine)
     return {
         "calibration": scorer.calibrations.get(kind).source, "normalisation": kind.value,
         "thresholds": th.describe(), "accept_margin": margins.for_(kind), "accept_llr_in_calls": round(accept, 3),
-        "stated_far": round(th.expected_far, 5),
-        "stated_far_interval": [round(th.expected_far_interval.low, 5), round(th.expected_far_interval.high, 5)],
+        "stated_far": round(stated, 5), "stated_far_for": "claims" if th.claimed_far_interval is not None else "pooled",
+        "stated_far_interval": [round(stated_interval.low, 5), round(stated_interval.high, 5)],
         "measured_far": round(n_fa / n_imp, 5), "measured_far_interval": [round(measured.low, 5),
                                                                           round(measured.high, 5)],
-        "measured_far_within_stated_interval": bool(th.expected_far_interval.low <= n_fa / n_imp
-                                                    <= th.expected_far_interval.high),
+        "measured_far_within_stated_interval": bool(stated_interval.low <= n_fa / n_imp <= stated_interval.high),
         "impostor_trials": n_imp, "false_accepts": n_fa,
         "measured_frr": round(float((final_llr["genuine"] < th.accept_llr).mean()), 4),
         "genuine_calls": len(genuine),
@@ -213,7 +222,7 @@ def main() -> None:
     cached = CachedEmbedder(real)
     deep = SessionSettings(max_queued_s=600.0, max_pending_segments=10_000, max_sessions=100_000, spoof_check=False)
     consent = Consent.now(channel="benchmark", notice_version="v1", captured_by="benchmarks/bank_simulation.py")
-    enrol, traffic, held = corpus()
+    enrol, traffic, held, like_traffic = corpus()
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "policy": {"target_far": policy.target_far},
                            "shipped_calibration": libri.get(Normalisation.RAW).source}
     with tempfile.TemporaryDirectory() as tmp:
@@ -235,7 +244,7 @@ def main() -> None:
         enrolled = [s for s, pieces in enrol.items()
                     if bank.enroll(s, pieces, consent=consent, sample_rate=RATE, channel_tag=TAG).complete]
         print(f"enrolled {len(enrolled)} meeting speakers beside {n_background} others; {len(traffic)} traffic calls, "
-              f"{len(held)} held-out calls", flush=True)
+              f"{len(held)} held-out calls ({len(like_traffic)} cut like the traffic)", flush=True)
         rng = np.random.default_rng(0)
         reported = {"kba": 0, "no_dispute": 0, "fraud_case": 0}
         for n, (speaker, x) in enumerate(traffic):
@@ -278,6 +287,7 @@ def main() -> None:
         before = VoiceAuth(db, embedder=cached, spoof=False, harvest=False, calibration=libri)  # type: ignore[arg-type]
         before._sessions = SessionPool(before.services, deep, watchlist=before.watchlist)
         out["held_out_before"] = measure(before, held, enrolled)
+        out["like_traffic_before"] = measure(before, like_traffic, enrolled)
         before.close()
         # what the bank runs after the calibrate step: the refit when it passed, else still the shipped one
         if fit.passed:
@@ -285,9 +295,11 @@ def main() -> None:
             assert after.services.calibration_versions.get(TAG) == version
             after._sessions = SessionPool(after.services, deep, watchlist=after.watchlist)
             out["held_out_after"] = measure(after, held, enrolled)
+            out["like_traffic_after"] = measure(after, like_traffic, enrolled)
             after.close()
         else:
             out["held_out_after"] = out["held_out_before"]
+            out["like_traffic_after"] = out["like_traffic_before"]
             # what forcing the refused refit would have done
             forced = VoiceAuth(db, embedder=cached, spoof=False, harvest=False)  # type: ignore[arg-type]
             forced.store.activate_calibration(version, actor="benchmarks/bank_simulation.py", reason="forced")
@@ -296,18 +308,24 @@ def main() -> None:
             forced._sessions = SessionPool(forced.services, deep, watchlist=forced.watchlist)
             out["held_out_refit_forced"] = measure(forced, held, enrolled)
             forced.close()
-    a = out["held_out_after"]
+    a, t = out["held_out_after"], out["like_traffic_after"]
     out["done_when"] = {
-        "after_calibrate_measured_far_inside_stated_interval": a["measured_far_within_stated_interval"],
-        "genuine_authenticated_within_10s_at_least_90pct": a["genuine_authenticated_within_10s"] >= 0.9,
-        "impostor_calls_ever_authenticated_at_most_1pct": a["impostor_ever_authenticated"] <= 0.01,
+        # the held-out claims are identity claims: the rate stated for reported claims, where there is one
+        "after_calibrate_measured_far_inside_stated_interval_like_traffic": t["measured_far_within_stated_interval"],
+        "after_calibrate_measured_far_inside_stated_interval_long_calls": a["measured_far_within_stated_interval"],
+        "genuine_authenticated_within_10s_at_least_90pct_like_traffic": t["genuine_authenticated_within_10s"] >= 0.9,
+        "genuine_authenticated_within_10s_at_least_90pct_long_calls": a["genuine_authenticated_within_10s"] >= 0.9,
+        "impostor_calls_ever_authenticated_at_most_1pct_like_traffic": t["impostor_ever_authenticated"] <= 0.01,
+        "impostor_calls_ever_authenticated_at_most_1pct_long_calls": a["impostor_ever_authenticated"] <= 0.01,
         "no_genuine_not_authenticated_at_positive_llr": all(
-        out[k]["genuine_not_authenticated_at_positive_llr"] == 0 for k in ("held_out_before", "held_out_after")),
+        out[k]["genuine_not_authenticated_at_positive_llr"] == 0
+        for k in ("held_out_before", "held_out_after", "like_traffic_before", "like_traffic_after")),
     }
     out["seconds"] = round(time.time() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bank_simulation.json").write_text(json.dumps(out, indent=2, default=str))
-    print(json.dumps({k: out[k] for k in ("harvest", "held_out_before", "held_out_after", "done_when")}, indent=2,
+    print(json.dumps({k: out[k] for k in ("harvest", "held_out_before", "held_out_after", "like_traffic_before",
+                                          "like_traffic_after", "done_when")}, indent=2,
                      default=str))
 
 
