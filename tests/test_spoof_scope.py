@@ -6,11 +6,14 @@ forgotten past the bound, after which the call can never be AUTHENTICATED (fail 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from test_session import LOUD, StandIn, StandInSpoof, make_va, stream, synth
 
+from voiceauth.client import VoiceAuth
 from voiceauth.decision import CallStatus, within_reach
 from voiceauth.live.spoof_track import SpoofState, SpoofTrack
 from voiceauth.scoring.policy import Thresholds
@@ -18,6 +21,18 @@ from voiceauth.store.base import Consent
 
 ROOMY = {"max_queued_s": 120.0, "max_pending_segments": 256}
 """Nothing dropped when the machine is busy: these calls stream faster than real time."""
+
+
+@contextmanager
+def checked_store(tmp_path: Path, **settings: object) -> Iterator[tuple[VoiceAuth, StandInSpoof]]:
+    """A store of one customer, a stand-in spoof check that records what it scores (not the enrolment)."""
+    spoof = StandInSpoof()
+    va = make_va(tmp_path, consent(), StandIn(), spoof=spoof, **ROOMY, **settings)
+    spoof.seen.clear()  # the enrolment's check
+    try:
+        yield va, spoof
+    finally:
+        va.close()
 
 
 def consent() -> Consent:
@@ -65,10 +80,7 @@ def test_in_reach_the_backlog_does_not_apply() -> None:
 
 
 def test_an_impostor_call_costs_no_spoof_check(tmp_path: Path) -> None:
-    spoof = StandInSpoof()
-    va = make_va(tmp_path, consent(), StandIn(), spoof=spoof, **ROOMY)
-    spoof.seen.clear()  # the enrolment's check
-    try:
+    with checked_store(tmp_path) as (va, spoof):
         call = va.start_call("cust-1")
         stream(call, synth(14, amp=LOUD, seed=7))  # the other voice: three check windows and more
         call.close()
@@ -77,33 +89,22 @@ def test_an_impostor_call_costs_no_spoof_check(tmp_path: Path) -> None:
         assert result.llr < va.thresholds().reject_llr
         assert spoof.seen == []  # nothing it said could have been decided on
         assert result.spoof_score is None
-    finally:
-        va.close()
 
 
 def test_a_genuine_call_is_still_checked_before_it_is_authenticated(tmp_path: Path) -> None:
-    spoof = StandInSpoof()
-    va = make_va(tmp_path, consent(), StandIn(), spoof=spoof, **ROOMY)
-    spoof.seen.clear()  # the enrolment's check
-    try:
+    with checked_store(tmp_path) as (va, spoof):
         call = va.start_call("cust-1")
         stream(call, synth(6))
         call.close()
         result = call.result(wait=30)
         assert result.status is CallStatus.AUTHENTICATED
         assert spoof.seen and call._check.checked >= (result.decided_at_speech_s - 0.01) * call.sample_rate
-    finally:
-        va.close()
 
 
 def test_a_call_that_comes_to_match_has_its_earlier_speech_checked(tmp_path: Path) -> None:
     """The other voice first (out of reach, unchecked), then the customer's: before the call can be
     AUTHENTICATED every second of its speech is checked, the opening included."""
-    spoof = StandInSpoof()
-    va = make_va(tmp_path, consent(), StandIn(), spoof=spoof, **ROOMY,
-                 change_threshold=-2.0)  # no speaker-change screen
-    spoof.seen.clear()  # the enrolment's check
-    try:
+    with checked_store(tmp_path, change_threshold=-2.0) as (va, spoof):  # no speaker-change screen
         call = va.start_call("cust-1")
         stream(call, synth(5, amp=LOUD, seed=8))
         deadline = time.monotonic() + 10
@@ -116,15 +117,10 @@ def test_a_call_that_comes_to_match_has_its_earlier_speech_checked(tmp_path: Pat
         assert result.status is CallStatus.AUTHENTICATED, result
         assert call._check.checked >= (result.decided_at_speech_s - 0.01) * call.sample_rate
         assert sum(seconds for seconds, _ in spoof.seen) >= 4.0  # the opening was checked with the rest
-    finally:
-        va.close()
 
 
 def test_a_call_out_of_reach_past_the_backlog_is_never_authenticated(tmp_path: Path) -> None:
-    spoof = StandInSpoof()
-    va = make_va(tmp_path, consent(), StandIn(), spoof=spoof, **ROOMY, change_threshold=-2.0, spoof_backlog_s=3.0)
-    spoof.seen.clear()  # the enrolment's check
-    try:
+    with checked_store(tmp_path, change_threshold=-2.0, spoof_backlog_s=3.0) as (va, spoof):
         call = va.start_call("cust-1")
         stream(call, synth(8, amp=LOUD, seed=10))
         deadline = time.monotonic() + 10
@@ -136,5 +132,3 @@ def test_a_call_out_of_reach_past_the_backlog_is_never_authenticated(tmp_path: P
         result = call.result(wait=30)
         assert CallStatus.AUTHENTICATED not in [r.status for r in result.revisions], result
         assert spoof.seen == []
-    finally:
-        va.close()

@@ -142,7 +142,7 @@ class VoiceAuth:
         model_id = model.model_id
         in_store = store_calibrations(opened, model_id) if calibration is None else {}
         if calibration is None:
-            calibrations = in_store[""][1] if "" in in_store else shipped_calibration(model_id)
+            calibrations = in_store[""].calibrations if "" in in_store else shipped_calibration(model_id)
         elif isinstance(calibration, CalibrationSet):
             calibrations = calibration.check_model(model_id)
         else:

@@ -113,6 +113,7 @@ def _thresholds(target_far: float, max_false_reject: float, calibration: Calibra
     reject = min(threshold_for_frr(genuine, max_false_reject), REJECT_LLR, accept)
     n_fa = int((impostor >= accept).sum())
     n_fr = int((genuine < accept).sum())
+    n_claims_fa = int((claims >= accept).sum())
     return Thresholds(
         accept_llr=float(accept),
         reject_llr=float(reject),
@@ -122,8 +123,8 @@ def _thresholds(target_far: float, max_false_reject: float, calibration: Calibra
         expected_frr_interval=clopper_pearson(n_fr, len(genuine)),
         expected_false_reject=float((genuine < reject).mean()),
         trials=(len(genuine), len(impostor)),
-        claimed_far=float((claims >= accept).mean()) if resolved else None,
-        claimed_far_interval=clopper_pearson(int((claims >= accept).sum()), len(claims)) if resolved else None,
+        claimed_far=n_claims_fa / len(claims) if resolved else None,
+        claimed_far_interval=clopper_pearson(n_claims_fa, len(claims)) if resolved else None,
         claimed_trials=len(claims) if resolved else 0,
     )
 

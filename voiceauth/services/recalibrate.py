@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -240,26 +240,24 @@ def payload(calibrations: CalibrationSet) -> dict[str, Any]:
             "calibrations": [c.to_dict() for c in calibrations.by_normalisation.values()]}
 
 
-def store_call_margins(store: Any, model_id: str) -> dict[str, dict[str, float]]:
-    """The live accept margins derived with the active store calibrations, by channel tag."""
-    if not isinstance(store, TrialStore):
-        return {}
-    return {v.channel: {str(k): float(m) for k, m in (v.report.get("call_margins") or {}).items()}
-            for v in store.calibration_versions(model_id) if v.active and v.report.get("call_margins")}
+class StoreCalibration(NamedTuple):
+    """One active store calibration version and the live accept margins derived with it."""
+
+    version: int
+    calibrations: CalibrationSet
+    call_margins: dict[str, float]
 
 
-def store_calibrations(store: Any, model_id: str) -> dict[str, tuple[int, CalibrationSet]]:
+def store_calibrations(store: Any, model_id: str) -> dict[str, StoreCalibration]:
     """The active store calibrations of ``model_id`` by channel tag (``""``: the default)."""
     if not isinstance(store, TrialStore):
         return {}
-    out: dict[str, tuple[int, CalibrationSet]] = {}
-    for v in store.calibration_versions(model_id):
-        if v.active:
-            out[v.channel] = (v.version, CalibrationSet.from_payload(v.payload, model_id))
-    return out
+    return {v.channel: StoreCalibration(v.version, CalibrationSet.from_payload(v.payload, model_id),
+                                        {str(k): float(m) for k, m in (v.report.get("call_margins") or {}).items()})
+            for v in store.calibration_versions(model_id) if v.active}
 
 
-def install_store_calibrations(services: Any, in_store: dict[str, tuple[int, CalibrationSet]] | None = None, *,
+def install_store_calibrations(services: Any, in_store: dict[str, StoreCalibration] | None = None, *,
                                reload: bool = False) -> None:
     """Per-channel scorers and version numbers of the store's active calibrations; with ``reload``,
     read them again and replace the default scorer too (when none is active: the calibration the
@@ -272,11 +270,12 @@ def install_store_calibrations(services: Any, in_store: dict[str, tuple[int, Cal
         in_store = store_calibrations(services.store, model_id)
     if reload:
         base = services.base_calibration
-        default = in_store[""][1] if "" in in_store else base if base is not None else shipped_calibration(model_id)
+        default = (in_store[""].calibrations if "" in in_store else base if base is not None
+                   else shipped_calibration(model_id))
         services.scorer = Scorer(default, services.policy, missing=missing_calibration(model_id))
-    services.channel_scorers = {tag: Scorer(cal, services.policy) for tag, (_, cal) in in_store.items() if tag}
-    services.calibration_versions = {tag: version for tag, (version, _) in in_store.items()}
-    services.call_margins = store_call_margins(services.store, model_id) if in_store else {}
+    services.channel_scorers = {tag: Scorer(s.calibrations, services.policy) for tag, s in in_store.items() if tag}
+    services.calibration_versions = {tag: s.version for tag, s in in_store.items()}
+    services.call_margins = {tag: s.call_margins for tag, s in in_store.items() if s.call_margins}
 
 
 # -- drift -----------------------------------------------------------------------------------------

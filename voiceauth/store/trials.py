@@ -33,6 +33,7 @@ MAX_TRAJECTORY = 40
 """Points of a call's trajectory kept: the first ones, 60 s of speech in 1.5 s segments, where
 nearly every decision is made (about 0.6 kB a call)."""
 CALIBRATION_COLUMNS = "version, model_id, channel, created_at, actor, payload, report, active"
+_INSERT_TRIAL = f"INSERT INTO trials ({TRIAL_COLUMNS}) VALUES ({', '.join('?' * len(TRIAL_COLUMNS.split(',')))})"
 
 
 class TrialKind:
@@ -155,7 +156,7 @@ class TrialTables:
 
     def _insert_trials(self, con: Any, trials: Sequence[Trial]) -> None:
         for t in trials:
-            self._exec(con, f"INSERT INTO trials ({TRIAL_COLUMNS}) VALUES ({', '.join('?' * 14)})", _row(t))
+            self._exec(con, _INSERT_TRIAL, _row(t))
 
     def label_trial(self, trial_id: str, genuine: bool, source: str, *, actor: str) -> Trial:
         """Record the outcome of one trial. The same outcome again is a no-op; a different one, or a
