@@ -507,21 +507,27 @@ def main() -> None:
     parser.add_argument("--part", choices=["all", "accuracy", "capacity", "plot"], default="all",
                         help="run one part only (the other's figures are kept from streaming.json), or only "
                              "redraw streaming.png from streaming-trajectories.json")
+    parser.add_argument("--watch-stride", type=int, metavar="N",
+                        help="the accuracy part only, with SessionSettings.watch_stride=N (an AUTHENTICATED call "
+                             "embeds every N-th segment), into results/streaming-watchN.json")
     args = parser.parse_args()
+    tuning = {} if args.watch_stride is None else {"watch_stride": args.watch_stride}
+    if tuning:
+        args.part = "accuracy"
     if args.part == "plot":
         plot(json.loads((RESULTS / "streaming-trajectories.json").read_text()), RESULTS / "streaming.png")
         return
     previous = RESULTS / "streaming.json"
-    kept = json.loads(previous.read_text()) if args.part != "all" and previous.exists() else {}
+    kept = json.loads(previous.read_text()) if args.part != "all" and previous.exists() and not tuning else {}
     started = time.time()
     real = EcapaEmbedder().load()
     spoof = SpoofDetector().load()
     out: dict[str, object] = {**kept, "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()}}
     trajectories: dict[str, object] = {}
-    settings = SessionSettings()
+    settings = SessionSettings(**tuning)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("VOICEAUTH_KEY_FILE", str(Path(tmp) / "keyring.json"))
-        deep = SessionSettings(max_queued_s=600.0, max_pending_segments=10_000, max_sessions=100_000)
+        deep = SessionSettings(max_queued_s=600.0, max_pending_segments=10_000, max_sessions=100_000, **tuning)
         corpora = {"librispeech": librispeech(), "meetings": meeting_calls()}
         for name, (enrol, calls) in corpora.items():
             if args.part == "capacity":
@@ -582,9 +588,12 @@ def main() -> None:
             **{f"max_sustained_calls_{mode}": max([lv["calls"] for lv in runs if lv["sustained"]], default=0)
                for mode, runs in levels.items()},
         }
-    out["settings"] = {k: v for k, v in vars(SessionSettings()).items()}
+    out["settings"] = {k: v for k, v in vars(settings).items()}
     out[f"seconds_{args.part}"] = round(time.time() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if tuning:
+        (RESULTS / f"streaming-watch{args.watch_stride}.json").write_text(json.dumps(out, indent=2, default=str))
+        return
     (RESULTS / "streaming.json").write_text(json.dumps(out, indent=2, default=str))
     if trajectories:
         (RESULTS / "streaming-trajectories.json").write_text(json.dumps(trajectories, default=str))

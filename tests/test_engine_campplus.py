@@ -10,7 +10,13 @@ import soundfile as sf
 
 torch = pytest.importorskip("torch")
 
-from voiceauth.embedding.campplus import CamPlusPlus, load_campplus, segment_means  # noqa: E402
+from voiceauth.embedding.campplus import (  # noqa: E402
+    CamPlusPlus,
+    _ContextMask,
+    expand_segments,
+    load_campplus,
+    segment_means,
+)
 from voiceauth.embedding.fbank import kaldi_fbank  # noqa: E402
 from voiceauth.errors import AudioError, ModelError  # noqa: E402
 from voiceauth.models import CAMPPLUS, resolve  # noqa: E402
@@ -79,11 +85,26 @@ def test_unreadable_checkpoint_is_refused(tmp_path: Path) -> None:
 
 def test_segment_means_average_each_hundred_frames() -> None:
     x = torch.arange(250, dtype=torch.float32).reshape(1, 1, 250)
-    y = segment_means(x)[0, 0]
+    means = segment_means(x)[0, 0]
+    assert torch.allclose(means, torch.tensor([49.5, 149.5, 224.5]))  # a short last segment averages only its frames
+    y = expand_segments(segment_means(x), 250)[0, 0]
     assert y.shape == (250,)
     assert torch.allclose(y[:100], torch.full((100,), 49.5))
     assert torch.allclose(y[100:200], torch.full((100,), 149.5))
-    assert torch.allclose(y[200:], torch.full((50,), 224.5))  # a short last segment averages only its frames
+    assert torch.allclose(y[200:], torch.full((50,), 224.5))
+
+
+@pytest.mark.parametrize("frames", [37, 100, 149, 250, 301])
+def test_context_mask_per_segment_equals_the_mask_at_every_frame(frames: int) -> None:
+    torch.manual_seed(frames)
+    layer = _ContextMask(16, 8, 3, 2).eval()
+    x = torch.randn(2, 16, frames)
+    # the published formulation: the context at every frame, the mask computed frame by frame
+    seg = torch.stack([x[..., (t // 100) * 100:(t // 100 + 1) * 100].mean(dim=-1) for t in range(frames)], dim=-1)
+    context = x.mean(dim=-1, keepdim=True) + seg
+    mask = torch.sigmoid(layer.linear2(torch.relu(layer.linear1(context))))
+    with torch.no_grad():
+        assert torch.allclose(layer(x), layer.linear_local(x) * mask, atol=1e-6)
 
 
 def test_kaldi_fbank_matches_torchaudio(speakers: dict[str, list[Path]]) -> None:

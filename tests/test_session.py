@@ -319,6 +319,42 @@ def test_speaker_change_withdraws_authentication(tmp_path: Path, consent_record:
         va.close()
 
 
+def test_a_call_two_workers_try_to_finish_is_recorded_once(tmp_path: Path, consent_record: Consent) -> None:
+    """The front end and an embedding job may both find the call ready to finish: one finishes it,
+    and its trial is recorded once (was twice: a UNIQUE trial_id error and a lost record)."""
+    va = make_va(tmp_path, consent_record, StandIn())
+    pool = va._sessions
+    assert pool is not None
+    finish = pool._maybe_finish
+    pool._maybe_finish = lambda session: None  # type: ignore[method-assign]  # hold the call ready, unfinished
+    try:
+        call = va.start_call("cust-1")
+        stream(call, synth(6))
+        call.close()
+        deadline = time.monotonic() + 10
+        while not call._finishable() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert call._finishable()
+        recorded: list[str] = []
+        record = pool._record_trial
+
+        def slow_record(session: CallSession) -> None:
+            recorded.append(session.call_id)
+            time.sleep(0.2)  # the other worker arrives meanwhile
+            record(session)
+
+        pool._record_trial = slow_record  # type: ignore[method-assign]
+        workers = [threading.Thread(target=finish, args=(call,)) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert recorded == [call.call_id]
+        assert call.result(wait=5).closed and call.status is CallStatus.AUTHENTICATED
+    finally:
+        va.close()
+
+
 def test_batches_segments_across_calls(tmp_path: Path, consent_record: Consent) -> None:
     slow = StandIn(delay=0.2)
     va = make_va(tmp_path, consent_record, slow, workers=1)

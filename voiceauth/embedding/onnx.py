@@ -47,15 +47,20 @@ class OnnxEngine:
     dim: int = 192
     model: str = ""
     """The name users choose it by (:mod:`voiceauth.services.engines`, ``--model``)."""
+    graph: int = 1
+    """Revision of the exported graph: raised when the network's code changes how it computes (not
+    what), so that a cached graph of an older revision is exported again by `voiceauth models pull`."""
 
     def cache_path(self) -> Path:
-        """Where the exported graph lives; the name binds it to the pinned weights."""
-        return cache_root() / "onnx" / f"{self.name}-{self.spec.checksums[self.weights][:16]}.onnx"
+        """Where the exported graph lives; the name binds it to the pinned weights and the graph revision."""
+        revision = f"-g{self.graph}" if self.graph > 1 else ""
+        return cache_root() / "onnx" / f"{self.name}{revision}-{self.spec.checksums[self.weights][:16]}.onnx"
 
 
 CAMPPLUS_ONNX = OnnxEngine(
-    "campplus", CAMPPLUS, "campplus_cn_en_common.pt", kaldi_fbank, CAMPPLUS.model_id, model="campplus"
+    "campplus", CAMPPLUS, "campplus_cn_en_common.pt", kaldi_fbank, CAMPPLUS.model_id, model="campplus", graph=2
 )
+"""Graph 2: the context masks computed once per 100-frame segment instead of at every frame."""
 ECAPA_ONNX = OnnxEngine("ecapa", ECAPA, "embedding_model.ckpt", speechbrain_fbank, ECAPA.model_id, model="ecapa-onnx")
 """Same embedding space as :class:`voiceauth.embedding.EcapaEmbedder` (cosine >= 0.9999), hence the same id."""
 ENGINES = {engine.name: engine for engine in (CAMPPLUS_ONNX, ECAPA_ONNX)}
@@ -194,6 +199,11 @@ class OnnxEmbedder:
         self._export_missing = export_missing
         self._session: Any = None
         self._lock = threading.Lock()
+
+    @property
+    def threads(self) -> int:
+        """Threads one ``embed`` call uses (a live pool runs one call per core: ``model_slots``)."""
+        return self._threads
 
     def load(self) -> OnnxEmbedder:
         """Verify and load the graph now instead of on first use."""

@@ -41,8 +41,9 @@ calls, does the rest:
    can be AUTHENTICATED, and past that bound it is forgotten and the call can no longer be
    AUTHENTICATED. Spoof-checking every window of impostor speech was what limited the
    service's capacity (``benchmarks/service.py``). Model work,
-   embedding batches and spoof checks alike, runs one call at a time, oldest first,
-   with all of torch's threads.
+   embedding batches and spoof checks alike, runs oldest first, ``model_slots`` calls at a
+   time: one with torch ECAPA (it uses every core), one per core with a model on ONNX
+   Runtime's single thread (CAM++, ``ecapa-onnx``).
    A call is AUTHENTICATED only once every second of speech in its evidence has passed
    (it stays PENDING meanwhile, even when the voice matches). A suspected spoof sets
    SPOOF_SUSPECTED and bars authentication for the rest of the call
@@ -59,6 +60,13 @@ calls, does the rest:
    decides). So such a call can never be AUTHENTICATED again once it has left that
    status. One window costs about 0.4 s on the 2-core machine;
    ``SessionSettings(spoof_check=False)`` or ``VoiceAuth(spoof=False)`` turns it off.
+
+Settled calls. Once a call is NOT_AUTHENTICATED with its voice out of reach of an accept (or
+barred), only every ``unmatched_stride``-th segment (2) is embedded: mostly impostors, whose
+further speech is unlikely to matter. An AUTHENTICATED call embeds every segment by default
+(``watch_stride`` 1): they feed the speaker-change screen; 2 halves a decided call's cost and
+roughly doubles the speech a voice taking over needs before it is caught. The decision itself
+always sees every segment; speech left out still counts as heard, and the spoof check hears it all.
 
 Sequential decision. A call is AUTHENTICATED once it has ``min_decision_s`` of net
 speech and the LLR reaches the policy's accept threshold plus a margin;

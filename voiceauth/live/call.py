@@ -8,40 +8,23 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from voiceauth.audio.decode import Encoding
 from voiceauth.decision import DECIDED, FINAL, CallStatus, decide_call, within_reach
 from voiceauth.errors import SessionError
-from voiceauth.live.evidence import CallTrajectory, Evidence, Segment, Segmenter, ShadowSpeech, unit
+from voiceauth.live.evidence import CallTrajectory, Evidence, Segment, Segmenter, ShadowSpeech, Thinning, unit
 from voiceauth.live.frames import FrameFormat, decode_chunk, validate_chunk
 from voiceauth.live.screens import Screen, run_screens
 from voiceauth.live.spoof_track import SpoofState, SpoofTrack
-from voiceauth.live.state import CallResult, Chunk, Revision, speech_percent
+from voiceauth.live.state import CallResult, Chunk, Host, Revision, speech_percent
 from voiceauth.results import Flag
 from voiceauth.scoring.normalisation import Normalisation
 from voiceauth.speech.activity import SpeechGate, frame_length
 
-if TYPE_CHECKING:
-    from voiceauth.live.state import SessionSettings
-    from voiceauth.services.core import Services
-
-
 log = logging.getLogger(__name__)
-
-
-class Host(Protocol):
-    """What a call needs from the pool that runs it (:class:`~voiceauth.live.pool.SessionPool`)."""
-
-    services: Services
-    settings: SessionSettings
-    dim: int
-
-    def schedule_front(self, session: CallSession) -> None: ...
-    def schedule_spoof(self, session: CallSession) -> None: ...
-    def record(self, event: CallResult, reason: str, error: str | None) -> tuple[CallStatus, str, str | None]: ...
 
 
 class CallSession:
@@ -105,6 +88,7 @@ class CallSession:
         self._queued_for_embedding = False
         self._flushed = False
         self._dropped_speech_s = 0.0
+        self._thinning, self._finishing = Thinning(), False  # finishing: one worker has claimed the end
         self._evidence = Evidence(settings.change_segments, np.zeros(pool.dim, dtype=np.float64))
         self._decision_s = max(settings.min_decision_s, pool.services.policy.min_speech_s)
         # spoof check: the voiced speech (input rate) not yet checked, in order; under _lock
@@ -123,10 +107,8 @@ class CallSession:
         self._flags: dict[Flag, None] = {}
         self._history: deque[Revision] = deque(maxlen=settings.history_limit)
         self._done = threading.Event()
-        self._result = CallResult(
-            call_id, customer_id, initial, 0.0, 0.0, 0.0, self._decision_s, 0.0, error=error,
-            closed=self._discard,
-        )
+        self._result = CallResult(call_id, customer_id, initial, 0.0, 0.0, 0.0, self._decision_s, 0.0, error=error,
+                                  closed=self._discard)
         if initial is not CallStatus.PENDING:
             self._history.append(Revision(0.0, 0.0, initial, error or initial.value))
             self._result = replace(self._result, revisions=tuple(self._history), revision_count=1)
@@ -314,10 +296,23 @@ class CallSession:
     def _take_segment(self) -> Segment | None:
         with self._lock:
             self._queued_for_embedding = False
-            if self._in_flight or not self._segments or self._result.status in FINAL:
+            if self._in_flight or self._result.status in FINAL:
                 return None
-            self._in_flight = True
-            return self._segments.popleft()
+            while self._segments:
+                segment = self._segments.popleft()
+                if not self._thinning.leave_out(segment, self._stride()):
+                    self._in_flight = True
+                    return segment
+                if self._shadow is not None and self._result.status is CallStatus.AUTHENTICATED:
+                    self._shadow.add(segment)
+            return None
+
+    def _stride(self) -> int:
+        """Every how many segments a settled call embeds (``SessionSettings``); 0 while not settled."""
+        if (status := self._result.status) is CallStatus.AUTHENTICATED:
+            return self._settings.watch_stride
+        unmatched = status is CallStatus.NOT_AUTHENTICATED and (self._barred or not self._check.in_reach)
+        return self._settings.unmatched_stride if unmatched else 0
 
     def _segment_done(self) -> tuple[bool, bool]:
         """After an update: (more segments ready, call ready to finish)."""
@@ -337,9 +332,12 @@ class CallSession:
             and not self._done.is_set()
         )
 
-    def _ready_to_finish(self) -> bool:
+    def _claim_finish(self) -> bool:
+        """True for the one worker that gets to finish the call (it is ready and nobody else has it)."""
         with self._lock:
-            return self._finishable()
+            claimed = self._finishable() and not self._finishing
+            self._finishing = self._finishing or claimed
+            return claimed
 
     def _apply(self, segment: Segment, embedding: np.ndarray) -> list[Callable[[], None]]:
         """Fold one segment embedding into the evidence, score, screen and decide.
@@ -362,7 +360,7 @@ class CallSession:
                     self._barred = True
                     reason = verdict.reason
                     evidence.restart_from_recent()
-            speech_s = self._result.speech_s + segment.speech_s
+            speech_s = self._result.speech_s + self._thinning.take_unscored() + segment.speech_s
             assert self._voiceprint is not None
             call_embedding = unit(evidence.total)
             score = sv.scorer_for(self.channel_tag).score(
@@ -462,7 +460,8 @@ class CallSession:
                 return []
             r = self._result
             status = CallStatus.INCONCLUSIVE if r.status is CallStatus.PENDING else r.status
-            calls = self._publish(status, f"{self._close_reason} with {r.speech_s:.1f} s of speech", r.speech_s, r.llr,
+            speech_s = r.speech_s + self._thinning.take_unscored()
+            calls = self._publish(status, f"{self._close_reason} with {speech_s:.1f} s of speech", speech_s, r.llr,
                                   r.confidence, closed=True)
             self._release()
             return calls

@@ -147,3 +147,29 @@ class CallTrajectory:
             self.points, self.normalisation = [], score.normalisation
         if decidable and len(self.points) < MAX_TRAJECTORY:
             self.points.append((float(score.value), float(seconds)))
+
+
+class Thinning:
+    """Which segments of a settled call are embedded: every ``stride``-th of a run of settled
+    segments. The speech of those left out is kept as heard (``take_unscored``) for the next update."""
+
+    def __init__(self) -> None:
+        self.run = 0
+        self.unscored_s = 0.0
+
+    def leave_out(self, segment: Segment, stride: int) -> bool:
+        """Whether to skip ``segment``; ``stride`` 0 means the call is not settled (the run restarts)."""
+        if stride < 2:
+            self.run = 0 if stride == 0 else self.run
+            return False
+        self.run += 1
+        if self.run % stride == 0:
+            return False
+        self.unscored_s += segment.speech_s
+        return True
+
+    def take_unscored(self) -> float:
+        """The speech left out since the last call, now to be counted as heard."""
+        seconds, self.unscored_s = self.unscored_s, 0.0
+        return seconds
+

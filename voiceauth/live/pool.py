@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -33,11 +34,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def model_slots(embedder: object, settings: SessionSettings) -> int:
+    """How many model calls may run at once: ``settings.model_slots``, or else the cores divided by
+    the threads one call of the speaker model uses (an embedder that does not say uses them all),
+    at most one per worker."""
+    if settings.model_slots is not None:
+        return settings.model_slots
+    cores = os.cpu_count() or 1
+    threads = getattr(embedder, "threads", None)
+    per_call = threads if isinstance(threads, int) and threads > 0 else cores
+    return max(1, min(settings.workers, cores // per_call))
+
+
 class SessionPool:
     """Worker threads shared by all live calls of one ``VoiceAuth``.
 
     Work is picked in this order: callbacks for calls decided at start, front ends of
-    calls with queued audio, then model work, one call at a time: whichever waited
+    calls with queued audio, then model work, :func:`model_slots` calls at a time: whichever waited
     longer of a batch of up to ``batch_size`` ready segments from different calls
     (embedded together) and a call's spoof check.
     """
@@ -53,10 +66,11 @@ class SessionPool:
         self._front: deque[CallSession] = deque()
         self._embed: deque[tuple[float, CallSession]] = deque()
         self._spoof: deque[tuple[float, CallSession]] = deque()
-        self._model_busy = False
-        """One model call (a batch of embeddings or a spoof check) runs at a time, with all of
-        torch's threads: two side by side would oversubscribe the cores. Segments that wait
-        meanwhile join a larger batch."""
+        self._model_running = 0
+        self._model_slots = model_slots(services.embedder, self.settings)
+        """Model calls (a batch of embeddings or a spoof check) that run side by side: one when the
+        speaker model uses every core (torch), more when it runs on fewer threads (ONNX Runtime on
+        one: one per core). Segments that wait meanwhile join a larger batch."""
         self._tasks: deque[Callable[[], None]] = deque()
         self._sessions: dict[str, CallSession] = {}
         self._threads: list[threading.Thread] = []
@@ -250,7 +264,7 @@ class SessionPool:
 
     def _release_model(self) -> None:
         with self._cond:
-            self._model_busy = False
+            self._model_running -= 1
             self._cond.notify_all()
 
     def _next_job(self) -> tuple[str, Any] | None:
@@ -261,8 +275,8 @@ class SessionPool:
                     return "task", self._tasks.popleft()
                 if self._front:
                     return "front", self._front.popleft()
-                if (self._embed or self._spoof) and not self._model_busy:
-                    self._model_busy = True  # oldest waiting work first: segments or a spoof check
+                if (self._embed or self._spoof) and self._model_running < self._model_slots:
+                    self._model_running += 1  # oldest waiting work first: segments or a spoof check
                     if self._embed and (not self._spoof or self._embed[0][0] <= self._spoof[0][0]):
                         count = min(self.settings.batch_size, len(self._embed))
                         return "embed", [self._embed.popleft()[1] for _ in range(count)]
@@ -313,9 +327,11 @@ class SessionPool:
                 embeddings = self._embed_all([seg.samples for _, seg in taken], [s for s, _ in taken])
         finally:
             self._release_model()
-        if not taken:
-            for session in sessions:
+        embedded = {id(s) for s, _ in taken}
+        for session in sessions:  # nothing to embed (all its segments left out, or none): maybe it is done
+            if id(session) not in embedded:
                 self._maybe_finish(session)
+        if not taken:
             return
         for (session, segment), embedding in zip(taken, embeddings, strict=True):
             callbacks: list[Callable[[], None]] = []
@@ -377,7 +393,7 @@ class SessionPool:
             return None
 
     def _maybe_finish(self, session: CallSession) -> None:
-        if not session._ready_to_finish():
+        if not session._claim_finish():
             return
         with self._cond:
             self._sessions.pop(session.call_id, None)

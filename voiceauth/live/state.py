@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from voiceauth.audio.decode import Audio
 from voiceauth.decision import CallMargins, CallStatus
 from voiceauth.errors import SessionError
 from voiceauth.results import Flag
+
+if TYPE_CHECKING:
+    from voiceauth.services.core import Services
 
 Chunk = Union[bytes, bytearray, memoryview, np.ndarray, Audio]
 
@@ -109,14 +112,29 @@ class SessionSettings:
     reject threshold: :func:`voiceauth.decision.within_reach`). If it comes to match, that speech is
     checked before the call is AUTHENTICATED; past this much, it is forgotten and the call can no
     longer be AUTHENTICATED. Bounds a call's memory (30 s: about 1 MB at 8 kHz)."""
+    unmatched_stride: int = 2
+    """Once a call is NOT_AUTHENTICATED with its voice out of reach of an accept (or barred), only
+    every ``unmatched_stride``-th segment is embedded; the speech left out still counts as heard and
+    the spoof check hears all of it. 1 embeds every segment."""
+    model_slots: int | None = None
+    """Model calls (embedding batches, spoof checks) run side by side; None: the cores divided by the
+    speaker model's threads (1 for torch ECAPA, which uses every core; 2 for an ONNX model on one
+    thread on 2 cores), at most ``workers``."""
+    watch_stride: int = 1
+    """The same for an AUTHENTICATED call, whose later segments feed the watch over it (speaker change,
+    a falling score). 2 halves the cost of a decided call, and a voice taking over needs about twice
+    the speech to be caught (``benchmarks/streaming.py``)."""
 
     def __post_init__(self) -> None:
+        if self.model_slots is not None and self.model_slots < 1:
+            raise SessionError(f"SessionSettings.model_slots must be at least 1 (or None), got {self.model_slots!r}")
         positive = ("segment_s", "max_queued_s", "max_chunk_s", "idle_timeout_s", "reap_interval_s", "spoof_window_s",
                     "spoof_backlog_s")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise SessionError(f"SessionSettings.{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("max_pending_segments", "max_sessions", "workers", "batch_size", "history_limit"):
+        for name in ("max_pending_segments", "max_sessions", "workers", "batch_size", "history_limit",
+                     "unmatched_stride", "watch_stride"):
             if getattr(self, name) < 1:
                 raise SessionError(f"SessionSettings.{name} must be at least 1, got {getattr(self, name)!r}")
 
@@ -129,6 +147,18 @@ class SessionSettings:
     def change_segments(self) -> int:
         return max(1, round(self.change_window_s / self.segment_s))
 
+
+
+class Host(Protocol):
+    """What a call needs from the pool that runs it (:class:`~voiceauth.live.pool.SessionPool`)."""
+
+    services: Services
+    settings: SessionSettings
+    dim: int
+
+    def schedule_front(self, session: Any) -> None: ...  # a CallSession (which imports this module)
+    def schedule_spoof(self, session: Any) -> None: ...
+    def record(self, event: CallResult, reason: str, error: str | None) -> tuple[CallStatus, str, str | None]: ...
 
 
 def speech_percent(speech_s: float, required_s: float) -> float:
