@@ -64,8 +64,8 @@ calls, does the rest:
 Settled calls. Once a call is NOT_AUTHENTICATED with its voice out of reach of an accept (or
 barred), only every ``unmatched_stride``-th segment (2) is embedded: mostly impostors, whose
 further speech is unlikely to matter. An AUTHENTICATED call embeds every segment by default
-(``watch_stride`` 1): they feed the speaker-change screen; 2 halves a decided call's cost and
-roughly doubles the speech a voice taking over needs before it is caught. The decision itself
+(``watch_stride`` 1): they feed the speaker-change screen; 2 halves a decided call's cost and a
+voice taking over is caught later (median 5.3 s of its speech instead of 3.3 s, README). The decision itself
 always sees every segment; speech left out still counts as heard, and the spoof check hears it all.
 
 Sequential decision. A call is AUTHENTICATED once it has ``min_decision_s`` of net
