@@ -159,8 +159,9 @@ class Thinning:
 
     def leave_out(self, segment: Segment, stride: int) -> bool:
         """Whether to skip ``segment``; ``stride`` 0 means the call is not settled (the run restarts)."""
+        if stride == 0:
+            self.run = 0
         if stride < 2:
-            self.run = 0 if stride == 0 else self.run
             return False
         self.run += 1
         if self.run % stride == 0:
@@ -169,7 +170,7 @@ class Thinning:
         return True
 
     def take_unscored(self) -> float:
-        """The speech left out since the last call, now to be counted as heard."""
+        """The speech left out since it was last taken, now to be counted as heard."""
         seconds, self.unscored_s = self.unscored_s, 0.0
         return seconds
 
