@@ -20,6 +20,7 @@ import numpy as np
 
 from voiceauth.audio.decode import MODEL_RATE
 from voiceauth.errors import AudioError
+from voiceauth.matmul import matmul
 
 N_MELS = 80
 _WIN = 400  # 25 ms at 16 kHz
@@ -76,7 +77,7 @@ def kaldi_fbank(signal: np.ndarray) -> np.ndarray:
     emphasised[:, 0] = frames[:, 0] * (1.0 - _PREEMPHASIS)
     spectrum = np.fft.rfft(emphasised * window, n=_FFT, axis=1)[:, : _FFT // 2]
     power = spectrum.real**2 + spectrum.imag**2
-    feats = np.log(np.maximum(power @ matrix, np.finfo(np.float32).eps)).astype(np.float32)
+    feats = np.log(np.maximum(matmul(power, matrix), np.finfo(np.float32).eps)).astype(np.float32)
     return feats - feats.mean(axis=0, keepdims=True)
 
 
@@ -107,6 +108,6 @@ def speechbrain_fbank(signal: np.ndarray, top_db: float = 80.0) -> np.ndarray:
     padded = np.pad(_checked(signal).astype(np.float64), _WIN // 2)
     frames = np.lib.stride_tricks.sliding_window_view(padded, _WIN)[::_HOP]
     power = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2
-    db = 10.0 * np.log10(np.maximum(power @ matrix, 1e-10))
+    db = 10.0 * np.log10(np.maximum(matmul(power, matrix), 1e-10))
     db = np.maximum(db, db.max() - top_db)
     return (db - db.mean(axis=0, keepdims=True)).astype(np.float32)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from voiceauth.errors import ModelChecksumError, ModelUnavailableError
+from voiceauth.matmul import matmul
 
 HEAD_PATH = Path(__file__).resolve().parents[1] / "data" / "spoof_head.npz"
 HEAD_SHA256 = "33c99d4b23127ee61ead08a13185bcf4d9ac3b161f594863d9bba7039b2969c3"
@@ -79,7 +80,7 @@ def _window_statistics(wave: np.ndarray) -> np.ndarray:
 
     frames = np.lib.stride_tricks.sliding_window_view(wave, _FRAME)[::_HOP] * np.hanning(_FRAME)
     power = np.abs(np.fft.rfft(frames, _FFT)) ** 2
-    logmel = np.log(power @ _mel_filters().T + 1e-10)
+    logmel = np.log(matmul(power, _mel_filters().T) + 1e-10)
     level = logmel.max(axis=1)
     loud = level > level.max() - 8.0
     cep = dct(logmel[loud], type=2, axis=1, norm="ortho")[:, :_CEPS]
@@ -92,7 +93,7 @@ def _window_statistics(wave: np.ndarray) -> np.ndarray:
     bands = logmel[loud]
     spectrum = power[loud] + 1e-12
     flatness = np.exp(np.mean(np.log(spectrum), axis=1)) / np.mean(spectrum, axis=1)
-    centroid = (spectrum @ np.fft.rfftfreq(_FFT, 1 / _RATE)) / spectrum.sum(axis=1)
+    centroid = matmul(spectrum, np.fft.rfftfreq(_FFT, 1 / _RATE)) / spectrum.sum(axis=1)
     band_delta = np.abs(np.diff(bands, axis=0)).mean(axis=0) if len(bands) > 1 else np.zeros(_BANDS)
     spectral = [bands.mean(axis=0), bands.std(axis=0), band_delta,
                 [flatness.mean(), flatness.std(), np.log(centroid).std()]]

@@ -41,6 +41,7 @@ import numpy as np
 
 from voiceauth.errors import NoSpeechError, VoiceAuthError
 from voiceauth.ids import canonical_id
+from voiceauth.matmul import matmul
 from voiceauth.results import WatchlistHit
 from voiceauth.scoring.normalisation import MIN_COHORT, Normalisation, symmetric_z, top_stats
 from voiceauth.scoring.statistics import threshold_for_far
@@ -190,7 +191,7 @@ class Watchlist:
                     cohort = sv.cohort_matrix(exclude="")
                     if len(cohort) >= MIN_COHORT:
                         # the entries' side of AS-norm: every customer is an impostor for an entry
-                        entry_stats = top_stats(cohort @ matrix.T)
+                        entry_stats = top_stats(matmul(cohort, matrix.T))
                 snap = _Snapshot(now, ids, matrix, reasons, entry_stats)
                 self._snapshot = snap
         return snap
@@ -199,7 +200,7 @@ class Watchlist:
                  customer_id: str | None) -> np.ndarray:
         """Per entry, the largest (LLR - threshold) over the tests: a hit where >= 0."""
         scorer = self._services.scorer
-        scores = snap.matrix @ embedding
+        scores = matmul(snap.matrix, embedding)
         cohort = None
         if snap.entry_stats is not None:
             # the caller's side, without the claimed customer's own voiceprint (as verification)
@@ -212,7 +213,7 @@ class Watchlist:
         if cohort is not None:
             assert snap.entry_stats is not None
             entry_mean, entry_std = snap.entry_stats
-            test_mean, test_std = top_stats((cohort @ embedding)[:, None])
+            test_mean, test_std = top_stats(matmul(cohort, embedding)[:, None])
             z = symmetric_z(scores, (entry_mean, entry_std), (test_mean[0], test_std[0]))
             norm_llr = np.asarray(scorer.calibrations.get(Normalisation.AS_NORM).llr(z, speech_s))
             margins = np.maximum(margins, norm_llr - th[Normalisation.AS_NORM])

@@ -6,6 +6,8 @@ import enum
 
 import numpy as np
 
+from voiceauth.matmul import matmul
+
 MIN_COHORT = 20
 """Fewer cohort voiceprints than this and scores are not normalised (flag SMALL_COHORT)."""
 COHORT_TOP_N = 100
@@ -32,7 +34,7 @@ def as_norm(raw: float, enrol: np.ndarray, test: np.ndarray, cohort: np.ndarray,
     Each side is compared with the cohort; the ``top_n`` highest cohort scores of each
     side give a mean and standard deviation, and the score is z-normalised against both.
     """
-    (enrol_mean, test_mean), (enrol_std, test_std) = top_stats(cohort @ np.stack([enrol, test], axis=1), top_n)
+    (enrol_mean, test_mean), (enrol_std, test_std) = top_stats(matmul(cohort, np.stack([enrol, test], axis=1)), top_n)
     return float(symmetric_z(raw, (enrol_mean, enrol_std), (test_mean, test_std)))
 
 
