@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from voiceauth import models
-from voiceauth.errors import AudioDecodeError, ModelChecksumError, NoSpeechError
+from voiceauth.errors import AudioDecodeError, ModelChecksumError, ModelError, NoSpeechError
 from voiceauth.fraud.spoof import WINDOW_SAMPLES, SpoofDetector, SpoofResult, window_starts
 
 pytestmark = pytest.mark.integration  # real model, processes or external tools
@@ -252,3 +252,15 @@ def test_a_modified_onnx_graph_is_refused(model_dir: Path, tmp_path: Path, monke
     graph.write_bytes(bytes(data))
     with pytest.raises(ModelChecksumError, match="sha256"):
         SpoofDetector(model_dir, scorer="aasist", backend="onnx").load()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_onnx_session_runs_on_the_threads_asked_for(model_dir: Path, threads: int) -> None:
+    detector = SpoofDetector(model_dir, backend="onnx", threads=threads).load()
+    assert detector._session.get_session_options().intra_op_num_threads == threads
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
+def test_threads_must_be_a_whole_number(threads: object) -> None:
+    with pytest.raises(ModelError, match="threads must be a whole number"):
+        SpoofDetector(threads=threads)  # type: ignore[arg-type]

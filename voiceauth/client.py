@@ -25,6 +25,7 @@ from voiceauth.fraud.spoof import SpoofDetector
 from voiceauth.fraud.watchlist import Watchlist
 from voiceauth.ids import canonical_id, loose_key
 from voiceauth.live import CallResult, CallSession, CallStatus, SessionPool
+from voiceauth.live.pool import per_call_threads
 from voiceauth.results import (
     Candidate,
     EnrolmentProgress,
@@ -153,7 +154,7 @@ class VoiceAuth:
             embedder=model,
             scorer=Scorer(calibrations, policy, missing=missing_calibration(model_id)),
             policy=policy,
-            spoof=SpoofDetector() if spoof is True else spoof or None,
+            spoof=SpoofDetector(threads=per_call_threads(model)) if spoof is True else spoof or None,
             actor=actor,
             enrol_speech_s=enrol_speech_s,
             cohort=CohortCache(COHORT_TTL_S),

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from voiceauth import models
-from voiceauth.errors import AudioDecodeError, CalibrationError, NoSpeechError
+from voiceauth.errors import AudioDecodeError, CalibrationError, ModelError, NoSpeechError
 from voiceauth.memory import release_freed
 
 if TYPE_CHECKING:
@@ -224,6 +224,9 @@ class SpoofDetector:
             :mod:`voiceauth.fraud.head`) or ``"aasist"`` (the published network alone).
         head: a :class:`~voiceauth.fraud.head.SpoofHead` to use instead of the shipped one.
         backend: ``"auto"`` (ONNX Runtime on CPU when installed, else torch), ``"onnx"`` or ``"torch"``.
+        threads: ONNX Runtime threads one score uses (default: the cores, at most 4). A live pool
+            runs one model call per core beside it when the speaker model runs on one thread
+            (CAM++, ECAPA on ONNX): ``VoiceAuth`` then gives the spoof check one thread as well.
 
     Only speech is ever scored: :meth:`score` cuts a recording down to the frames the
     voice activity detector (:mod:`voiceauth.speech.activity`) calls speech, and every window
@@ -248,16 +251,20 @@ class SpoofDetector:
         scorer: str = "v2",
         head: Any = None,
         backend: str = "auto",
+        threads: int | None = None,
     ) -> None:
         if scorer not in SCORERS:
             raise CalibrationError(f"unknown spoof scorer {scorer!r}; choose one of {', '.join(SCORERS)}")
         if backend not in ("auto", "onnx", "torch"):
             raise CalibrationError(f"unknown backend {backend!r}; choose auto, onnx or torch")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ModelError(f"threads must be a whole number of at least 1 (or None for the default), not {threads!r}")
         self.model_dir = model_dir
         self.scorer = scorer
         self.threshold = configured_threshold(scorer) if threshold is None else float(threshold)
         self.device = device
         self.backend = backend
+        self.threads = threads
         self._head = head
         if scorer == "aasist":
             self.model_id = models.AASIST.model_id
@@ -295,7 +302,7 @@ class SpoofDetector:
             if self._use_onnx():
                 from voiceauth.fraud.aasist import onnx_session
 
-                self._session = onnx_session(directory)
+                self._session = onnx_session(directory, self.threads)
             else:
                 from voiceauth.fraud.aasist import WithReadout, load_aasist
 

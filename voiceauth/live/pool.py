@@ -41,9 +41,14 @@ def model_slots(embedder: object, settings: SessionSettings) -> int:
     if settings.model_slots is not None:
         return settings.model_slots
     cores = os.cpu_count() or 1
+    return max(1, min(settings.workers, cores // (per_call_threads(embedder) or cores)))
+
+
+def per_call_threads(embedder: object) -> int | None:
+    """Threads one call of the speaker model uses where it says so (ONNX Runtime embedders), else None
+    (torch: every core). The spoof check runs in a model slot too, so it is given as many."""
     threads = getattr(embedder, "threads", None)
-    per_call = threads if isinstance(threads, int) and threads > 0 else cores
-    return max(1, min(settings.workers, cores // per_call))
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else None
 
 
 class SessionPool:
