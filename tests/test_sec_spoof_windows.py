@@ -86,7 +86,10 @@ def test_speech_after_the_first_check_is_checked_before_authenticating(tmp_path:
     after it and is 'synthetic' (loud, for the stand-in): it is checked before it can count."""
     consent = Consent.now(channel="test", notice_version="v1", captured_by="tests")
     spoof = StandInSpoof()
-    va = make_va(tmp_path, consent, StandIn(), spoof=spoof, change_threshold=-2.0)  # no speaker-change screen
+    # no speaker-change screen; every segment embedded: once the opening has made the call NOT_AUTHENTICATED,
+    # the default unmatched_stride=2 skipped one of the customer's segments in about 1 run in 8 here, and
+    # the voice then did not reach the accept threshold, so the scenario below did not hold
+    va = make_va(tmp_path, consent, StandIn(), spoof=spoof, change_threshold=-2.0, unmatched_stride=1)
     updates: list[CallResult] = []
     try:
         call = va.start_call("cust-1", on_update=updates.append)
