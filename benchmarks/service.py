@@ -17,7 +17,8 @@ another (impostor). Reported per level: the service's decision latency (last fra
 speech segment fed -> its scored update; the ``voiceauth_decision_latency_seconds``
 histogram, p50/p95 interpolated within its buckets) and spoof-check latency, the end-of-call
 latency (``stop`` sent -> final status received), audio dropped, CPU (cores used by the
-server process), and outcomes. Baseline in the same run: one call alone (N = 1).
+server process, and by this process's clients, which share the same cores), and outcomes.
+Baseline in the same run: one call alone (N = 1).
 
 Steady state (``--steady N ...``): N calls always live, as in a contact centre where calls start
 and end at different times: N slots each stream ``--steady-call-s`` calls back to back, slot i's
@@ -187,7 +188,7 @@ async def level(service: Service, calls: list[tuple[str, list[bytes], bool]], pa
         return messages, code, time.monotonic() - started - len(frames) * pace
 
     before = service.metrics()
-    cpu0, t0 = service.stats.cpu_s(), time.monotonic()
+    cpu0, t0, client0 = service.stats.cpu_s(), time.monotonic(), time.process_time()
     rss: list[float] = []
 
     async def sample() -> None:
@@ -199,9 +200,10 @@ async def level(service: Service, calls: list[tuple[str, list[bytes], bool]], pa
     results = await asyncio.gather(*(one(i, c, f) for i, (c, f, _) in enumerate(calls)))
     sampler.cancel()
     wall, cpu = time.monotonic() - t0, service.stats.cpu_s() - cpu0
+    client = time.process_time() - client0
     after = service.metrics()
     out: dict[str, object] = {"calls": len(calls), "wall_s": round(wall, 1), "server_cpu_cores": round(cpu / wall, 2),
-                              "server_rss_mb_max": round(max(rss), 0)}
+                              "client_cpu_cores": round(client / wall, 2), "server_rss_mb_max": round(max(rss), 0)}
     out |= latencies(before, after)
     finals = [m[-1]["call"] if m and m[-1].get("event") == "voiceauth.status" else None for m, _, _ in results]
     tails = sorted(t for _, _, t in results)
@@ -240,16 +242,18 @@ async def steady(service: Service, calls: list[tuple[str, list[bytes], bool]], n
 
     tasks = [asyncio.create_task(slot(i)) for i in range(n)]
     await asyncio.sleep(max(0.0, start + 5.0 - time.monotonic()))  # every slot has joined (they start at once)
-    before, cpu0, t0 = service.metrics(), service.stats.cpu_s(), time.monotonic()
+    before, cpu0, t0, client0 = service.metrics(), service.stats.cpu_s(), time.monotonic(), time.process_time()
     window.update(start=t0, end=t0 + measure_s)
     rss: list[float] = []
     while time.monotonic() < window["end"]:
         rss.append(service.stats.rss_mb())
         await asyncio.sleep(0.5)
     wall, cpu, after = time.monotonic() - t0, service.stats.cpu_s() - cpu0, service.metrics()
+    client = time.process_time() - client0
     await asyncio.gather(*tasks)
     out: dict[str, object] = {"calls_live": n, "call_s": seconds, "window_s": round(wall, 1),
-                              "server_cpu_cores": round(cpu / wall, 2), "server_rss_mb_max": round(max(rss), 0)}
+                              "server_cpu_cores": round(cpu / wall, 2), "client_cpu_cores": round(client / wall, 2),
+                              "server_rss_mb_max": round(max(rss), 0)}
     out |= latencies(before, after)
     finals = [(m[-1]["call"] if m and m[-1].get("event") == "voiceauth.status" else None, g) for m, g in ended]
     out["calls_ended_in_window"] = len(finals)
