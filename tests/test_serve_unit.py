@@ -37,7 +37,7 @@ from test_session import LOUD, StandIn, frames, make_va, synth
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from voiceauth.cli import main
+from voiceauth.cli import EXIT_ERROR, main
 from voiceauth.client import VoiceAuth
 from voiceauth.serve import KeyFile, KeyRing, Limits, Scope
 from voiceauth.serve.errors import AuthError, ScopeError
@@ -368,3 +368,40 @@ def main_cli():  # noqa: ANN201
     from voiceauth.cli import cli
 
     return cli
+
+
+# -- which model a server runs -------------------------------------------------------------------------------
+@pytest.mark.parametrize(("env_model", "named"), [(None, "ecapa-onnx"), ("campplus", "campplus")])
+def test_serve_runs_ecapa_on_onnx_by_default_and_stops_at_once_without_its_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env_model: str | None,
+    named: str,
+) -> None:
+    """Torch ECAPA takes one model call at a time; the same network on ONNX Runtime one per core (25 steady
+    calls: 158 s of audio dropped on torch, none on ONNX). A server whose graph was never exported stops
+    with the command that exports it, before it opens the store (it used to start, with /readyz 503)."""
+    monkeypatch.setenv("VOICEAUTH_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("VOICEAUTH_MODEL", raising=False)
+    if env_model:
+        monkeypatch.setenv("VOICEAUTH_MODEL", env_model)
+    keys, store = tmp_path / "keys.json", tmp_path / "vp.db"
+    assert main(["serve-keys", "create", "--keys", str(keys), "--id", "ivr", "--scope", "stream"]) == 0
+    capsys.readouterr()
+    assert main(["serve", "--store", str(store), "--keys", str(keys), "--port", "0"]) == EXIT_ERROR
+    assert f"voiceauth models pull --model {named}" in capsys.readouterr().err
+    assert not store.exists()
+
+
+def test_models_pull_fetches_the_library_and_the_service_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from voiceauth.cli.options import SERVICE_MODEL
+    from voiceauth.services import engines
+
+    assert SERVICE_MODEL == engines.SERVICE_MODEL  # the CLI keeps its own copy (no import at start-up)
+    pulled: list[str] = []
+    monkeypatch.setattr(engines, "pull", lambda name, model_dir=None: pulled.append(name) or {name: "here"})
+    assert main(["models", "pull"]) == 0 and pulled == ["ecapa", "ecapa-onnx"]
+    assert main(["models", "pull", "--model-dir", str(tmp_path)]) == 0  # one model's files: both use them
+    assert pulled[2:] == ["ecapa", "ecapa-onnx"]
+    assert main(["models", "pull", "--model", "ecapa", "--model", "campplus", "--model-dir", str(tmp_path)]) == 2
+    assert "one --model" in capsys.readouterr().err

@@ -25,7 +25,7 @@ def models() -> None:
 
 @models.command()
 @click.option("--model", "names", type=click.Choice(MODEL_NAMES), multiple=True,
-              help="Speaker model to fetch (repeatable)  [default: ecapa]")
+              help="Speaker model to fetch (repeatable)  [default: ecapa, and its ONNX graph (ecapa-onnx)]")
 @click.option("--all", "all_models", is_flag=True, help="Fetch every speaker model.")
 @click.option("--model-dir", type=click.Path(file_okay=False),
               help="Use and check this directory of the (one) --model's files instead.")
@@ -36,8 +36,9 @@ def pull(names: Sequence[str], all_models: bool, model_dir: str | None, spoof: b
     from voiceauth.models import AASIST, resolve
     from voiceauth.services import engines
 
-    chosen = list(engines.MODELS) if all_models else list(dict.fromkeys(names)) or [engines.DEFAULT_MODEL]
-    if model_dir and len(chosen) > 1:
+    defaults = [engines.DEFAULT_MODEL, engines.SERVICE_MODEL]  # the library's and `voiceauth serve`'s
+    chosen = list(engines.MODELS) if all_models else list(dict.fromkeys(names)) or defaults
+    if model_dir and len({engines.model_id_of(name) for name in chosen}) > 1:
         raise click.UsageError("--model-dir holds the files of one model; pass exactly one --model with it")
     found: dict[str, str] = {}
     for name in chosen:

@@ -73,14 +73,22 @@ def store_options(func: F) -> F:
 
 
 MODEL_NAMES = ("ecapa", "ecapa-onnx", "campplus")  # embedding.engines.MODELS, without importing it at start-up
+SERVICE_MODEL = "ecapa-onnx"  # services.engines.SERVICE_MODEL, the same way
 
 
-def model_option(func: F) -> F:
+def model_option_defaulting_to(default: str) -> Callable[[F], F]:
     """--model: the speaker model that embeds (voiceprints record it; scoring with another is refused)."""
-    return click.option(
-        "--model", type=click.Choice(MODEL_NAMES), default="ecapa", envvar="VOICEAUTH_MODEL", show_default=True,
-        help="Speaker model: ecapa (SpeechBrain), ecapa-onnx (the same model without torch) or campplus (ONNX).",
-    )(func)
+
+    def option(func: F) -> F:
+        return click.option(
+            "--model", type=click.Choice(MODEL_NAMES), default=default, envvar="VOICEAUTH_MODEL", show_default=True,
+            help="Speaker model: ecapa (SpeechBrain), ecapa-onnx (the same model without torch) or campplus (ONNX).",
+        )(func)
+
+    return option
+
+
+model_option = model_option_defaulting_to("ecapa")
 
 
 def shadow_option(func: F) -> F:

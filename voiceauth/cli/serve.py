@@ -13,10 +13,11 @@ from pathlib import Path
 import click
 
 from voiceauth.cli.options import (
+    SERVICE_MODEL,
     calibration_option,
     cli,
     emit,
-    model_option,
+    model_option_defaulting_to,
     open_client,
     shadow_option,
     store_options,
@@ -47,7 +48,7 @@ def _need_serve_extra() -> None:
 
 @cli.command()
 @store_options
-@model_option
+@model_option_defaulting_to(SERVICE_MODEL)
 @shadow_option
 @calibration_option
 @keys_option
@@ -78,6 +79,9 @@ def serve(store: str, model_dir: str | None, as_json: bool, model: str, shadow_m
         click.echo(f"warning: serving plain HTTP on {host}; keys and audio cross the network unencrypted "
                    "(pass --ssl-certfile/--ssl-keyfile or put a TLS proxy in front)", err=True)
     limits = Limits(max_streams=max_streams, idle_timeout_s=idle_timeout, drain_timeout_s=drain_timeout)
+    from voiceauth.services import engines
+
+    engines.check_pulled(model)  # a graph that is not exported stops the server here, not in /readyz's log
     va = open_client(store, model_dir, create=True, model=model, calibration=calibration,  # it enrols: may create
                      shadow_model=shadow_model)
     try:
