@@ -383,6 +383,10 @@ def test_serve_runs_ecapa_on_onnx_by_default_and_stops_at_once_without_its_graph
     monkeypatch.delenv("VOICEAUTH_MODEL", raising=False)
     if env_model:
         monkeypatch.setenv("VOICEAUTH_MODEL", env_model)
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the server started without its model's graph")
+
+    monkeypatch.setattr("voiceauth.serve.server.run", started)  # fails here rather than serving forever
     keys, store = tmp_path / "keys.json", tmp_path / "vp.db"
     assert main(["serve-keys", "create", "--keys", str(keys), "--id", "ivr", "--scope", "stream"]) == 0
     capsys.readouterr()
