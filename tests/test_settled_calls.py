@@ -6,6 +6,7 @@ authentication when another voice takes over."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from test_session import LOUD, StandIn, make_va, stream, synth
 
 from voiceauth.decision import CallStatus
 from voiceauth.errors import SessionError
-from voiceauth.live import CallResult, SessionSettings
+from voiceauth.live import CallResult, SessionPool, SessionSettings
 from voiceauth.results import Flag
 from voiceauth.store.base import Consent
 
@@ -92,3 +93,53 @@ def test_calls_whose_last_segments_are_left_out_still_finish(tmp_path: Path) -> 
         assert all(result.closed for result in results), [r.status for r in results if not r.closed]
     finally:
         va.close()
+
+
+def test_a_pressed_model_thins_decided_calls_but_never_the_decision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                     ) -> None:
+    """While model work waits for a slot (the service is pressed), a settled call embeds only every
+    ``pressed_stride``-th segment, and says how much it left out; a call still deciding embeds all."""
+    audio = synth(40, seed=3)
+    calm, _ = run_call(tmp_path, audio)
+    monkeypatch.setattr(SessionPool, "pressed", lambda self: True)
+    pressed, embedded = run_call(tmp_path, audio, pressed_stride=3)
+    assert calm.status is pressed.status is CallStatus.AUTHENTICATED
+    assert calm.thinned_under_load_s == 0
+    assert pressed.decided_at_speech_s == calm.decided_at_speech_s  # the decision saw every segment
+    assert abs(pressed.speech_s - calm.speech_s) < 0.05  # what was left out still counts as heard
+    decided = pressed.decided_at_speech_s
+    assert decided is not None
+    after = pressed.speech_s - decided
+    assert 0.25 * after < sum(embedded) - decided < 0.45 * after  # one segment in three after the accept
+    assert 0.55 * after < pressed.thinned_under_load_s < 0.75 * after
+
+
+def test_pressed_stride_one_turns_the_thinning_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SessionPool, "pressed", lambda self: True)
+    result, embedded = run_call(tmp_path, synth(30, seed=3), pressed_stride=1)
+    assert result.status is CallStatus.AUTHENTICATED
+    assert result.thinned_under_load_s == 0
+    assert sum(embedded) >= result.speech_s - 0.05
+
+
+def test_the_model_is_pressed_once_work_has_waited_for_a_slot(tmp_path: Path) -> None:
+    consent = Consent.now(channel="test", notice_version="v1", captured_by="tests")
+    va = make_va(tmp_path, consent, StandIn(), pressed_wait_s=0.5)
+    try:
+        pool = va._sessions
+        assert not pool.pressed()  # nothing waits
+        pool._embed.append((time.monotonic(), object()))  # type: ignore[arg-type]
+        assert not pool.pressed()  # waiting, not for long
+        pool._spoof.append((time.monotonic() - 0.6, object()))  # type: ignore[arg-type]
+        assert pool.pressed()  # a spoof check has waited longer than pressed_wait_s
+        pool._embed.clear()
+        pool._spoof.clear()
+    finally:
+        va.close()
+
+
+def test_pressed_settings_are_checked() -> None:
+    with pytest.raises(SessionError, match="pressed_stride"):
+        SessionSettings(pressed_stride=0)
+    with pytest.raises(SessionError, match="pressed_wait_s"):
+        SessionSettings(pressed_wait_s=0)

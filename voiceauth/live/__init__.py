@@ -65,8 +65,13 @@ Settled calls. Once a call is NOT_AUTHENTICATED with its voice out of reach of a
 barred), only every ``unmatched_stride``-th segment (2) is embedded: mostly impostors, whose
 further speech is unlikely to matter. An AUTHENTICATED call embeds every segment by default
 (``watch_stride`` 1): they feed the speaker-change screen; 2 halves a decided call's cost and a
-voice taking over is caught later (median 5.3 s of its speech instead of 3.3 s, README). The decision itself
-always sees every segment; speech left out still counts as heard, and the spoof check hears it all.
+voice taking over is caught later (median 5.3 s of its speech instead of 3.3 s, README). While the
+model is pressed (model work has waited ``pressed_wait_s``, 0.5 s, for a slot), settled calls embed
+only every ``pressed_stride``-th segment (3): the calls still deciding keep pace instead of the
+service dropping audio, and the watch over decided calls is thinned for as long as the pressure
+lasts (each call reports it in ``CallResult.thinned_under_load_s``; ``pressed_stride=1`` turns this
+off). The decision itself always sees every segment; speech left out still counts as heard, and
+the spoof check hears it all.
 
 Sequential decision. A call is AUTHENTICATED once it has ``min_decision_s`` of net
 speech and the LLR reaches the policy's accept threshold plus a margin;

@@ -298,9 +298,10 @@ class CallSession:
             self._queued_for_embedding = False
             if self._in_flight or self._result.status in FINAL:
                 return None
+            self._thinning.settle(self._stride(), self._settings.pressed_stride, self._pool.pressed)
             while self._segments:
                 segment = self._segments.popleft()
-                if not self._thinning.leave_out(segment, self._stride()):
+                if not self._thinning.leave_out(segment):
                     self._in_flight = True
                     return segment
                 if self._shadow is not None and self._result.status is CallStatus.AUTHENTICATED:
@@ -417,7 +418,7 @@ class CallSession:
             tuple(self._flags), tuple(self._history), old.revision_count + int(changed), error or old.error,
             decided_at, closed,
             round((self._dropped_samples / self.sample_rate) + self._dropped_speech_s, 2),
-            self._check.score, old.trial_id,
+            self._check.score, old.trial_id, round(self._thinning.pressed_s, 2),
         )
         result = self._result
         calls: list[Callable[[], None]] = []

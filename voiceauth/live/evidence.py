@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,22 +152,34 @@ class CallTrajectory:
 
 class Thinning:
     """Which segments of a settled call are embedded: every ``stride``-th of a run of settled
-    segments. The speech of those left out is kept as heard (``take_unscored``) for the next update."""
+    segments. The speech of those left out is kept as heard (``take_unscored``) for the next update;
+    ``pressed_s`` is the part left out while the stride was raised because the model was pressed."""
 
     def __init__(self) -> None:
         self.run = 0
+        self.stride = 0
+        self.pressed = False
         self.unscored_s = 0.0
+        self.pressed_s = 0.0
 
-    def leave_out(self, segment: Segment, stride: int) -> bool:
-        """Whether to skip ``segment``; ``stride`` 0 means the call is not settled (the run restarts)."""
+    def settle(self, stride: int, pressed_stride: int = 1, pressed: Callable[[], bool] | None = None) -> None:
+        """The stride for the next segments: ``stride`` (0: the call is not settled, the run restarts),
+        raised to ``pressed_stride`` while ``pressed()`` says the model is pressed."""
+        self.pressed = stride > 0 and pressed_stride > stride and pressed is not None and pressed()
+        self.stride = pressed_stride if self.pressed else stride
         if stride == 0:
             self.run = 0
-        if stride < 2:
+
+    def leave_out(self, segment: Segment) -> bool:
+        """Whether to skip ``segment`` at the stride last settled."""
+        if self.stride < 2:
             return False
         self.run += 1
-        if self.run % stride == 0:
+        if self.run % self.stride == 0:
             return False
         self.unscored_s += segment.speech_s
+        if self.pressed:
+            self.pressed_s += segment.speech_s
         return True
 
     def take_unscored(self) -> float:

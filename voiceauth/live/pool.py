@@ -267,6 +267,19 @@ class SessionPool:
             self._spoof.append((time.monotonic(), session))
             self._cond.notify()
 
+    def pressed(self) -> bool:
+        """Has the oldest model work still waiting (segments or a spoof check) waited
+        ``pressed_wait_s`` for a slot? Read without the lock (a hint for thinning settled calls,
+        ``SessionSettings.pressed_stride``): called by a call holding its own lock."""
+        limit = time.monotonic() - self.settings.pressed_wait_s
+        for queue in (self._embed, self._spoof):
+            try:
+                if queue[0][0] <= limit:
+                    return True
+            except IndexError:  # emptied meanwhile
+                continue
+        return False
+
     def _release_model(self) -> None:
         with self._cond:
             self._model_running -= 1

@@ -68,6 +68,9 @@ class CallResult:
     trial_id: str | None = None
     """Random id under which the call's score is recorded when it ends (report its outcome with
     ``VoiceAuth.report_outcome``); None when trials are not recorded."""
+    thinned_under_load_s: float = 0.0
+    """Speech of the call left out of the speaker model while the service was pressed
+    (``SessionSettings.pressed_stride``): heard and counted, not embedded; 0 when never pressed."""
 
     @property
     def authenticated(self) -> bool:
@@ -125,16 +128,25 @@ class SessionSettings:
     a falling score). 2 halves the cost of a decided call; a voice taking over is then caught later
     (median 5.3 s of its speech instead of 3.3 s on LibriSpeech, ``benchmarks/streaming.py --watch-stride 2``)."""
 
+    pressed_stride: int = 3
+    """While the model is *pressed* (some model work has waited ``pressed_wait_s`` for a slot), a
+    settled call (the two strides above) embeds only every ``pressed_stride``-th segment, when its own
+    stride is smaller: a call still deciding keeps every segment, so decisions keep pace and a decided
+    call's watch is thinned instead of audio being dropped. Counted per call in
+    ``CallResult.thinned_under_load_s``. 1 turns it off."""
+    pressed_wait_s: float = 0.5
+    """How long the oldest waiting model work may wait before the model counts as pressed."""
+
     def __post_init__(self) -> None:
         if self.model_slots is not None and self.model_slots < 1:
             raise SessionError(f"SessionSettings.model_slots must be at least 1 (or None), got {self.model_slots!r}")
         positive = ("segment_s", "max_queued_s", "max_chunk_s", "idle_timeout_s", "reap_interval_s", "spoof_window_s",
-                    "spoof_backlog_s")
+                    "spoof_backlog_s", "pressed_wait_s")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise SessionError(f"SessionSettings.{name} must be positive, got {getattr(self, name)!r}")
         for name in ("max_pending_segments", "max_sessions", "workers", "batch_size", "history_limit",
-                     "unmatched_stride", "watch_stride"):
+                     "unmatched_stride", "watch_stride", "pressed_stride"):
             if getattr(self, name) < 1:
                 raise SessionError(f"SessionSettings.{name} must be at least 1, got {getattr(self, name)!r}")
 
@@ -158,6 +170,7 @@ class Host(Protocol):
 
     def schedule_front(self, session: Any) -> None: ...  # a CallSession (which imports this module)
     def schedule_spoof(self, session: Any) -> None: ...
+    def pressed(self) -> bool: ...
     def record(self, event: CallResult, reason: str, error: str | None) -> tuple[CallStatus, str, str | None]: ...
 
 

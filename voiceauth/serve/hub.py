@@ -56,6 +56,7 @@ def call_json(result: CallResult, meta: CallMeta | None = None) -> dict[str, Any
         "flags": [f.value for f in result.flags],
         "spoof_score": result.spoof_score,
         "dropped_audio_s": result.dropped_audio_s,
+        "thinned_under_load_s": result.thinned_under_load_s,
         "decided_at_speech_s": result.decided_at_speech_s,
         "reason": result.revisions[-1].reason if result.revisions else "",
         "error": result.error,

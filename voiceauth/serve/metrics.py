@@ -38,6 +38,9 @@ class Metrics:
         self.dropped_audio = Counter("voiceauth_dropped_audio_seconds_total",
                                      "Audio seconds of live calls dropped unprocessed (workers fell behind)",
                                      registry=r)
+        self.thinned = Counter("voiceauth_thinned_speech_seconds_total",
+                               "Speech of decided live calls heard but not embedded while the model was pressed "
+                               "(SessionSettings.pressed_stride)", registry=r)
         self.spoof_hits = Counter("voiceauth_spoof_suspected_total", "Calls and verifications flagged as spoofs",
                                   ["source"], registry=r)
         self.watchlist_hits = Counter("voiceauth_watchlist_hits_total",
@@ -56,6 +59,7 @@ class Metrics:
 
     def call_ended(self, result: CallResult) -> None:
         self.dropped_audio.inc(result.dropped_audio_s)
+        self.thinned.inc(result.thinned_under_load_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
