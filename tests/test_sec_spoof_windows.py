@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_session import StandIn, StandInSpoof, make_va, stream, synth
+from test_session import StandIn, StandInSpoof, frames, make_va, stream, synth
 
 from voiceauth.audio.channel import telephone_channel
 from voiceauth.audio.decode import Audio, load_audio
@@ -105,6 +105,39 @@ def test_speech_after_the_first_check_is_checked_before_authenticating(tmp_path:
         assert spoof.seen[0][1] < 0.4  # the first check saw only the opening, and passed it
         assert Flag.SPOOF_SUSPECTED in result.flags, result
         assert CallStatus.AUTHENTICATED not in [r.status for r in result.revisions], result
+    finally:
+        va.close()
+
+
+def test_a_slow_check_authenticates_on_the_speech_it_passed(tmp_path: Path) -> None:
+    """Issue 18: speech keeps coming while a (slow, loaded) check runs. The update that matched on the
+    opening waits for its check; once that check passes, the call is AUTHENTICATED on it, instead of
+    chasing the speech heard meanwhile with one check after another (each taking all of it)."""
+    consent = Consent.now(channel="test", notice_version="v1", captured_by="tests")
+    spoof = StandInSpoof(delay=1.0)
+    # two model slots (as a service on ONNX Runtime has): the call's segments are scored while its check runs
+    va = make_va(tmp_path, consent, StandIn(), spoof=spoof, max_queued_s=120.0, max_pending_segments=256,
+                 raw_accept_margin_llr=0.0, model_slots=2)  # the voice matches from the first decision on
+    va.thresholds()  # warm (the pool's first task does this; a cold one holds the first updates back)
+    spoof.seen.clear()  # the enrolment's check
+    checks_at_accept: list[int] = []
+
+    def on_decision(result: CallResult) -> None:
+        if result.status is CallStatus.AUTHENTICATED:
+            checks_at_accept.append(len(spoof.seen))
+
+    try:
+        call = va.start_call("cust-1", on_decision=on_decision)
+        for frame in frames(synth(30, seed=7)):  # about 4x real time
+            call.feed(frame)
+            time.sleep(0.005)
+        call.close()
+        result = call.result(wait=30)
+        assert result.status is CallStatus.AUTHENTICATED, result
+        assert checks_at_accept[:1] == [1], (checks_at_accept, spoof.seen)  # the first check was enough
+        accepted = next(r for r in result.revisions if r.status is CallStatus.AUTHENTICATED)
+        assert "matched on the first" in accepted.reason
+        assert spoof.seen[0][0] < accepted.speech_s  # more speech had come in than that check took
     finally:
         va.close()
 

@@ -79,6 +79,44 @@ def test_in_reach_the_backlog_does_not_apply() -> None:
     assert not track.forgot and track.new_len == 5000
 
 
+def _checked_track(seconds: float, **kw: object) -> SpoofTrack:
+    """A track (100 Hz, so 100 samples a second) whose first ``seconds`` of speech passed; in reach."""
+    track = SpoofTrack(SpoofState.WAITING, 1000, 100, backlog=10_000, in_reach=True, **kw)  # type: ignore[arg-type]
+    track.hear(np.zeros(int(seconds * 100), dtype=np.float32), decided=False)
+    track.queue()
+    track.take()
+    track.passed(1.0)
+    return track
+
+
+def test_a_pass_covers_the_latest_waiting_accept_within_its_speech() -> None:
+    track = _checked_track(4.0)
+    for seconds in (3.0, 3.0, 4.0, 5.5):  # updates that matched before their speech was checked
+        track.want(seconds)
+    assert track.accepts == [3.0, 4.0, 5.5]
+    assert track.covered_accept() == 4.0  # the latest the 4 s checked cover
+    assert track.accepts == [5.5] and track.covered_accept() is None  # used once; 5.5 s is not covered
+
+
+def test_no_accept_on_a_checked_prefix_out_of_reach_or_once_the_check_stopped() -> None:
+    out_of_reach = _checked_track(4.0)
+    out_of_reach.want(3.0)
+    out_of_reach.in_reach = False  # the voice no longer matches
+    assert out_of_reach.covered_accept() is None
+    for end in ("suspected", "fail"):
+        track = _checked_track(4.0)
+        track.want(3.0)
+        track.suspected(-1.0) if end == "suspected" else track.fail()
+        assert track.covered_accept() is None
+    forgot = _checked_track(4.0)
+    forgot.want(3.0)
+    forgot.forgot = True
+    assert forgot.covered_accept() is None
+    following = _checked_track(4.0, follows=True)  # authenticated without waiting: nothing to cover
+    following.want(3.0)
+    assert following.covered_accept() is None
+
+
 def test_an_impostor_call_costs_no_spoof_check(tmp_path: Path) -> None:
     with checked_store(tmp_path) as (va, spoof):
         call = va.start_call("cust-1")

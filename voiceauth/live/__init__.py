@@ -45,7 +45,11 @@ calls, does the rest:
    time: one with torch ECAPA (it uses every core), one per core with a model on ONNX
    Runtime's single thread (CAM++, ``ecapa-onnx``).
    A call is AUTHENTICATED only once every second of speech in its evidence has passed
-   (it stays PENDING meanwhile, even when the voice matches). A suspected spoof sets
+   (it stays PENDING meanwhile, even when the voice matches). When a check passes, the latest
+   update that matched on speech the checks now cover authenticates the call, as long as the
+   voice is still within reach and nothing barred it: speech that came in while the check ran
+   does not send the call after another check (under load each would take all the speech heard
+   while it waited, and the call would never catch up). A suspected spoof sets
    SPOOF_SUSPECTED and bars authentication for the rest of the call
    (NOT_AUTHENTICATED), withdrawing it if a check still running finds one; a check
    that fails or cannot run bars it too (fail closed).

@@ -284,6 +284,9 @@ class CallSession:
             if self._last_score is not None:
                 llr, normalisation = self._last_score
                 status, why = self._decide(llr, r.speech_s, normalisation)
+            prefix = self._check.covered_accept()  # an earlier update matched on speech now checked
+            if prefix is not None and status is not CallStatus.AUTHENTICATED and not self._barred:
+                status, why = CallStatus.AUTHENTICATED, f"matched on the first {prefix:.1f} s of speech"
             calls = self._publish(status, why and f"{why} (spoof check passed)", r.speech_s, r.llr, r.confidence)
         return calls + self._queue_spoof_if_due()
 
@@ -341,9 +344,7 @@ class CallSession:
             return claimed
 
     def _apply(self, segment: Segment, embedding: np.ndarray) -> list[Callable[[], None]]:
-        """Fold one segment embedding into the evidence, score, screen and decide.
-
-        Returns the callbacks to run (outside the locks)."""
+        """Fold one segment embedding into the evidence, score, screen, decide; the callbacks to run after."""
         sv = self._pool.services
         with self._lock:
             if self._result.status in FINAL or self._done.is_set():
@@ -385,8 +386,8 @@ class CallSession:
             min_speech_s=self._decision_s, barred=self._barred,
             spoof_covered=self._check.covers(speech_s, self._dropped_speech_s),
         )
-        if verdict.awaits_spoof_check:
-            self._check.wanted = True  # a matching voice waits: check its speech now
+        if verdict.awaits_spoof_check:  # a matching voice waits: check its speech now
+            self._check.want(speech_s + self._dropped_speech_s)
         return verdict.status, verdict.reason
 
     def _publish(
@@ -434,8 +435,7 @@ class CallSession:
                        flags=tuple(self._flags))
 
     def _spoof_failed(self) -> list[Callable[[], None]]:
-        """The spoof check failed or could not run: the call can no longer be authenticated, and an
-        authentication the check was following is withdrawn (fail closed)."""
+        """The spoof check failed or could not run: never authenticated, a followed accept withdrawn (fail closed)."""
         with self._lock:
             self._check.fail()
             r = self._result
@@ -468,8 +468,7 @@ class CallSession:
             return calls
 
     def _cancel(self, status: CallStatus, reason: str) -> list[Callable[[], None]]:
-        """End the call at once (the customer's voiceprint was erased): drop its audio, evidence
-        and voiceprint, and settle on ``status`` (a call that already failed stays ERROR)."""
+        """End the call at once (voiceprint erased): drop all it holds, settle on ``status`` (ERROR stays)."""
         with self._front_lock, self._lock:
             if self._done.is_set():
                 return []

@@ -2,7 +2,8 @@
 
 The call keeps the voiced speech the gate let through (never the pauses) until a check takes
 it. A call may be AUTHENTICATED only on evidence whose every second has passed (see
-:meth:`SpoofTrack.covers`), unless the check *follows* (:attr:`SpoofTrack.follows`: the channel's
+:meth:`SpoofTrack.covers`; or, once a check passes, on an earlier update that matched on speech now
+covered: :meth:`SpoofTrack.covered_accept`), unless the check *follows* (:attr:`SpoofTrack.follows`: the channel's
 bona fide reference is calibrated, :mod:`voiceauth.fraud.reference`): then the call is
 AUTHENTICATED without waiting, the speech heard up to that moment is still checked, and a
 suspected spoof withdraws the authentication.
@@ -62,6 +63,9 @@ class SpoofTrack:
     """...and those that passed: a prefix of the call's speech."""
     wanted: bool = False
     """A matching voice waits for its speech to be checked."""
+    accepts: list[float] = field(default_factory=list)
+    """Seconds of speech (dropped included) behind each update whose voice matched while its speech
+    was not yet checked, oldest first: once a check covers one, the call is AUTHENTICATED on it."""
     gap: bool = False
     """Speech was heard and not kept (after AUTHENTICATED or a bar): no later coverage."""
     queued_at: float = 0.0
@@ -131,6 +135,24 @@ class SpoofTrack:
         self.taken = self.heard
         self.wanted = False
         return np.concatenate((context, new))
+
+    def want(self, seconds: float) -> None:
+        """An update whose evidence of ``seconds`` (speech and dropped) matched waits for its check."""
+        self.wanted = True
+        if not self.accepts or seconds > self.accepts[-1]:
+            self.accepts.append(seconds)
+            del self.accepts[:-64]  # bounded: only the latest matter once checks catch up
+
+    def covered_accept(self) -> float | None:
+        """The latest waiting accept the speech checked so far now covers (its seconds), forgetting
+        it and those before it; None when none is covered, or the voice is now out of reach."""
+        if self.state not in ACTIVE or self.follows or self.forgot or not self.in_reach:
+            return None
+        covered = [s for s in self.accepts if self.checked >= (s - COVER_TOLERANCE_S) * self.sample_rate]
+        if not covered:
+            return None
+        self.accepts = self.accepts[len(covered):]
+        return covered[-1]
 
     def covers(self, speech_s: float, dropped_s: float) -> bool:
         """Has all the speech behind an evidence of ``speech_s`` passed? (Segments dropped under
