@@ -210,3 +210,40 @@ def test_gate_rejects_bad_input() -> None:
         gate.push(np.array(["x"]))
     with pytest.raises(SessionError, match="sample rate"):
         SpeechGate(0)
+
+
+def _levels_reference(frames: np.ndarray) -> np.ndarray:
+    """The frame level by definition: variance in dB, non-finite samples as 0, overflow clamped."""
+    from voiceauth.speech.activity import _EPS, _MAX_LEVEL_DB, SILENCE_DBFS
+
+    chunk = np.nan_to_num(np.asarray(frames, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        levels = 10.0 * np.log10(np.var(chunk, axis=1) + _EPS)
+    return np.nan_to_num(levels, nan=SILENCE_DBFS, posinf=_MAX_LEVEL_DB, neginf=SILENCE_DBFS)
+
+
+def test_frame_levels_match_their_definition_for_every_input_kind() -> None:
+    """The per-frame level (run on every 20 ms of every live call) takes a faster path for samples of
+    32 bits or fewer; it must give the variance in dB, as numpy's ``var`` does, for any input."""
+    from voiceauth.speech.activity import _frame_levels_db
+
+    rng = np.random.default_rng(3)
+    cases = {
+        "float32": (0.1 * rng.standard_normal((300, 160))).astype(np.float32),
+        "one frame": (0.1 * rng.standard_normal((1, 160))).astype(np.float32),
+        "silence": np.zeros((5, 160), dtype=np.float32),
+        "dc": np.full((5, 160), 0.25, dtype=np.float32),
+        "int16": rng.integers(-32768, 32767, (50, 160)).astype(np.int16),
+        "float64": 0.1 * rng.standard_normal((50, 320)),
+        "huge float64": np.full((3, 160), 1e200) * rng.choice([-1.0, 1.0], (3, 160)),
+        "largest float32": np.full((3, 160), np.finfo(np.float32).max, dtype=np.float32)
+        * rng.choice([-1.0, 1.0], (3, 160)).astype(np.float32),
+    }
+    broken = (0.1 * rng.standard_normal((4, 160))).astype(np.float32)
+    broken[0, 3], broken[1, 7], broken[2, :] = np.nan, np.inf, -np.inf
+    cases["non-finite"] = broken
+    for name, frames in cases.items():
+        got, want = _frame_levels_db(frames), _levels_reference(frames)
+        assert got.dtype == np.float64 and got.shape == (len(frames),), name
+        assert np.all(np.isfinite(got)), name
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9, err_msg=name)
