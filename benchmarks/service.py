@@ -210,7 +210,7 @@ async def level(service: Service, calls: list[tuple[str, list[bytes], bool]], pa
     out["end_of_call_latency_s"] = {"p50": round(tails[len(tails) // 2], 3),
                                     "p95": round(tails[min(len(tails) - 1, int(0.95 * len(tails)))], 3)}
     out["dropped_audio_s"] = round(sum(f["dropped_audio_s"] for f in finals if f), 2)
-    out["thinned_under_load_s"] = round(sum(f.get("thinned_under_load_s", 0.0) for f in finals if f), 2)
+    out["thinned_under_load_s"] = round(sum(f["thinned_under_load_s"] for f in finals if f), 2)
     out["clean_closes"] = sum(code == 1000 for _, code, _ in results)
     genuine = [f for f, (_, _, g) in zip(finals, calls, strict=True) if g]
     impostor = [f for f, (_, _, g) in zip(finals, calls, strict=True) if not g]
@@ -259,7 +259,7 @@ async def steady(service: Service, calls: list[tuple[str, list[bytes], bool]], n
     finals = [(m[-1]["call"] if m and m[-1].get("event") == "voiceauth.status" else None, g) for m, g in ended]
     out["calls_ended_in_window"] = len(finals)
     out["dropped_audio_s"] = round(sum(f["dropped_audio_s"] for f, _ in finals if f), 2)
-    out["thinned_under_load_s"] = round(sum(f.get("thinned_under_load_s", 0.0) for f, _ in finals if f), 2)
+    out["thinned_under_load_s"] = round(sum(f["thinned_under_load_s"] for f, _ in finals if f), 2)
     out["genuine_authenticated"] = (f"{sum(bool(f) and f['status'] == 'authenticated' for f, g in finals if g)}"
                                     f"/{sum(g for _, g in finals)}")
     ever = sum("authenticated" in [s for s, _ in statuses(m)] for m, g in ended if not g)

@@ -11,11 +11,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_session import LOUD, StandIn, StandInSpoof, make_va, stream, synth
 
 from voiceauth.client import VoiceAuth
 from voiceauth.decision import CallStatus, within_reach
+from voiceauth.fraud.spoof import SpoofResult
 from voiceauth.live.spoof_track import SpoofState, SpoofTrack
+from voiceauth.scoring.normalisation import Normalisation
 from voiceauth.scoring.policy import Thresholds
 from voiceauth.store.base import Consent
 
@@ -115,6 +118,26 @@ def test_no_accept_on_a_checked_prefix_out_of_reach_or_once_the_check_stopped() 
     following = _checked_track(4.0, follows=True)  # authenticated without waiting: nothing to cover
     following.want(3.0)
     assert following.covered_accept() is None
+
+
+@pytest.mark.parametrize("barred", [False, True])
+def test_a_barred_call_is_never_authenticated_on_a_checked_prefix(tmp_path: Path, barred: bool) -> None:
+    """An update matched on speech a check then passes; if a screen barred the call meanwhile (a
+    hand-over, a watchlist hit), the pass must not authenticate it. Unbarred, the same pass does."""
+    with checked_store(tmp_path) as (va, _):
+        call = va.start_call("cust-1")
+        with call._lock:
+            call._check.hear(np.zeros(4 * 8000, dtype=np.float32), decided=False)
+            call._check.in_reach = True
+            call._check.queue()
+            call._check.take()
+            call._check.want(3.0)  # an update that matched at 3 s waits for its check
+            call._last_score = (10.0, Normalisation.RAW)
+            call._barred = barred
+        call._apply_spoof(SpoofResult(1.0, 0.27, False, 1))
+        expected = CallStatus.NOT_AUTHENTICATED if barred else CallStatus.AUTHENTICATED
+        assert call.status is expected
+        call.close()
 
 
 def test_an_impostor_call_costs_no_spoof_check(tmp_path: Path) -> None:

@@ -162,10 +162,10 @@ class Thinning:
         self.unscored_s = 0.0
         self.pressed_s = 0.0
 
-    def settle(self, stride: int, pressed_stride: int = 1, pressed: Callable[[], bool] | None = None) -> None:
+    def settle(self, stride: int, pressed_stride: int, pressed: Callable[[], bool]) -> None:
         """The stride for the next segments: ``stride`` (0: the call is not settled, the run restarts),
         raised to ``pressed_stride`` while ``pressed()`` says the model is pressed."""
-        self.pressed = stride > 0 and pressed_stride > stride and pressed is not None and pressed()
+        self.pressed = stride > 0 and pressed_stride > stride and pressed()
         self.stride = pressed_stride if self.pressed else stride
         if stride == 0:
             self.run = 0
