@@ -15,9 +15,12 @@ time in real time (a 20 ms mu-law frame per call every 20 ms), each ``--seconds`
 speaker's further recordings, claimed as that speaker (genuine) or, every 3rd call, as
 another (impostor). Reported per level: the service's decision latency (last frame of a
 speech segment fed -> its scored update; the ``voiceauth_decision_latency_seconds``
-histogram, p50/p95 interpolated within its buckets) and spoof-check latency, the end-of-call
-latency (``stop`` sent -> final status received), audio dropped, CPU (cores used by the
-server process, and by this process's clients, which share the same cores), and outcomes.
+histogram, p50/p95 interpolated within its buckets: of every update, and apart for calls still
+deciding and for settled calls' watch, which waits behind them) and spoof-check latency, the end-of-call
+latency (``stop`` sent -> final status received), the seconds from a genuine call's first frame to
+AUTHENTICATED on its stream (what the agent waits for: speech, queues and spoof check), audio
+dropped, CPU (cores used by the server process, and by this process's clients, which share the same
+cores), and outcomes.
 Baseline in the same run: one call alone (N = 1).
 
 Steady state (``--steady N ...``): N calls always live, as in a contact centre where calls start
@@ -88,10 +91,16 @@ class Proc:
         return int(match.group(1)) / 1024 if match else 0.0
 
 
-def histogram(text: str, name: str) -> tuple[list[tuple[float, float]], float]:
-    """(upper bound, cumulative count) buckets and the count of one histogram in exposition text."""
-    buckets = [(float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2)))
-               for m in re.finditer(rf'{name}_bucket{{le="([^"]+)"}} ([0-9.e+]+)', text)]
+def histogram(text: str, name: str, labels: str = "") -> tuple[list[tuple[float, float]], float]:
+    """(upper bound, cumulative count) buckets and the count of one histogram in exposition text, summed
+    over its series whose labels contain ``labels`` (e.g. ``stage="watch"``)."""
+    sums: dict[float, float] = {}
+    for m in re.finditer(rf'{name}_bucket{{([^}}]*)}} ([0-9.e+]+)', text):
+        le = re.search(r'le="([^"]+)"', m.group(1))
+        if le and labels in m.group(1):
+            bound = float("inf") if le.group(1) == "+Inf" else float(le.group(1))
+            sums[bound] = sums.get(bound, 0.0) + float(m.group(2))
+    buckets = sorted(sums.items())
     return buckets, buckets[-1][1] if buckets else 0.0
 
 
@@ -115,10 +124,12 @@ def delta_quantile(before: list[tuple[float, float]], after: list[tuple[float, f
 def latencies(before: str, after: str) -> dict[str, object]:
     """Decision and spoof-check latency p50 / p95 of the updates between two /metrics scrapes."""
     out: dict[str, object] = {}
-    for name, key in (("voiceauth_decision_latency_seconds", "decision_latency"),
-                      ("voiceauth_spoof_check_latency_seconds", "spoof_check_latency")):
-        b, _ = histogram(before, name)
-        a, total = histogram(after, name)
+    for name, key, labels in (("voiceauth_decision_latency_seconds", "decision_latency", ""),
+                              ("voiceauth_decision_latency_seconds", "deciding_latency", 'stage="deciding"'),
+                              ("voiceauth_decision_latency_seconds", "watch_latency", 'stage="watch"'),
+                              ("voiceauth_spoof_check_latency_seconds", "spoof_check_latency", "")):
+        b, _ = histogram(before, name, labels)
+        a, total = histogram(after, name, labels)
         out[key] = {"updates": int(total - (b[-1][1] if b else 0)), "p50_s": delta_quantile(b, a, 0.5),
                     "p95_s": delta_quantile(b, a, 0.95)}
     return out
@@ -179,12 +190,34 @@ def enrol(service: Service, speakers: dict[str, list[Path]]) -> None:
         assert status in (201, 202), body
 
 
+def to_authenticated(runs: list[tuple[list[dict], list[float], float]]) -> dict[str, float | int | None]:
+    """Seconds from a call's first frame to its first AUTHENTICATED status on the stream (calls that got
+    one): what the agent waits for, spoof check and queues included, next to the speech it took."""
+    waits, speech = [], []
+    for messages, arrivals, started in runs:
+        for message, at in zip(messages, arrivals, strict=True):
+            call = message.get("call") if message.get("event") == "voiceauth.status" else None
+            if call and call["status"] == "authenticated":
+                waits.append(at - started)
+                speech.append(call["decided_at_speech_s"] or 0.0)
+                break
+    if not waits:
+        return {"calls": 0, "p50_s": None, "p95_s": None}
+    return {"calls": len(waits), "p50_s": round(float(np.percentile(waits, 50)), 2),
+            "p95_s": round(float(np.percentile(waits, 95)), 2),
+            "speech_at_decision_p50_s": round(float(np.percentile(speech, 50)), 2)}
+
+
 async def level(service: Service, calls: list[tuple[str, list[bytes], bool]], pace: float,
                 stagger_s: float) -> dict[str, object]:
+    arrivals: list[list[float]] = [[] for _ in calls]
+    starts = [0.0] * len(calls)
+
     async def one(index: int, claimed: str, frames: list[bytes]) -> tuple[list[dict], int | None, float]:
         await asyncio.sleep(index * stagger_s)
-        started = time.monotonic()
-        messages, code, _ = await twilio_call(service.ws, service.keys["ivr"], claimed, frames, pace)
+        started = starts[index] = time.monotonic()
+        messages, code, _ = await twilio_call(service.ws, service.keys["ivr"], claimed, frames, pace,
+                                              arrivals=arrivals[index])
         return messages, code, time.monotonic() - started - len(frames) * pace
 
     before = service.metrics()
@@ -209,6 +242,8 @@ async def level(service: Service, calls: list[tuple[str, list[bytes], bool]], pa
     tails = sorted(t for _, _, t in results)
     out["end_of_call_latency_s"] = {"p50": round(tails[len(tails) // 2], 3),
                                     "p95": round(tails[min(len(tails) - 1, int(0.95 * len(tails)))], 3)}
+    out["genuine_to_authenticated"] = to_authenticated(
+        [(m, a, s) for (m, _, _), a, s, (_, _, g) in zip(results, arrivals, starts, calls, strict=True) if g])
     out["dropped_audio_s"] = round(sum(f["dropped_audio_s"] for f in finals if f), 2)
     out["thinned_under_load_s"] = round(sum(f["thinned_under_load_s"] for f in finals if f), 2)
     out["clean_closes"] = sum(code == 1000 for _, code, _ in results)
@@ -231,14 +266,20 @@ async def steady(service: Service, calls: list[tuple[str, list[bytes], bool]], n
     start = time.monotonic()
     window: dict[str, float] = {}
     ended: list[tuple[list[dict], bool]] = []
+    timed: list[tuple[list[dict], list[float], float]] = []
 
     async def slot(i: int) -> None:
         skip, j = int(i * per_call / n), 0
         while "end" not in window or time.monotonic() < window["end"]:
             claimed, frames, genuine = calls[(i + j * n) % len(calls)]
-            messages, _, _ = await twilio_call(service.ws, service.keys["ivr"], claimed, frames[skip:per_call], pace)
+            arrivals: list[float] = []
+            started = time.monotonic()
+            messages, _, _ = await twilio_call(service.ws, service.keys["ivr"], claimed, frames[skip:per_call], pace,
+                                               arrivals=arrivals)
             if "start" in window and time.monotonic() <= window["end"] + 5.0:
                 ended.append((messages, genuine))
+            if genuine and "start" in window and window["start"] <= started <= window["end"]:
+                timed.append((messages, arrivals, started))  # started under the measured load
             skip, j = 0, j + 1
 
     tasks = [asyncio.create_task(slot(i)) for i in range(n)]
@@ -258,6 +299,7 @@ async def steady(service: Service, calls: list[tuple[str, list[bytes], bool]], n
     out |= latencies(before, after)
     finals = [(m[-1]["call"] if m and m[-1].get("event") == "voiceauth.status" else None, g) for m, g in ended]
     out["calls_ended_in_window"] = len(finals)
+    out["genuine_to_authenticated"] = to_authenticated(timed)
     out["dropped_audio_s"] = round(sum(f["dropped_audio_s"] for f, _ in finals if f), 2)
     out["thinned_under_load_s"] = round(sum(f["thinned_under_load_s"] for f, _ in finals if f), 2)
     out["genuine_authenticated"] = (f"{sum(bool(f) and f['status'] == 'authenticated' for f, g in finals if g)}"

@@ -123,13 +123,17 @@ def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
 
 
 # -- WebSocket clients ------------------------------------------------------------------------------------
-async def read_all(ws: ClientConnection, timeout: float = 60) -> tuple[list[dict[str, Any]], int | None, str]:
-    """Every message until the server closes: (messages, close code, close reason)."""
+async def read_all(ws: ClientConnection, timeout: float = 60, arrivals: list[float] | None = None
+                   ) -> tuple[list[dict[str, Any]], int | None, str]:
+    """Every message until the server closes: (messages, close code, close reason); with ``arrivals``,
+    the ``time.monotonic()`` each message arrived is appended to it."""
     messages: list[dict[str, Any]] = []
 
     async def collect() -> None:
         async for raw in ws:
             messages.append(json.loads(raw))
+            if arrivals is not None:
+                arrivals.append(time.monotonic())
 
     with contextlib.suppress(ConnectionClosed):
         await asyncio.wait_for(collect(), timeout)
@@ -153,11 +157,12 @@ def twilio_media(frame: bytes, n: int, sid: str = "MZ1") -> str:
 
 
 async def twilio_call(url: str, key: str, customer: str, frames: list[bytes], pace: float = 0.02,
-                      header_key: bool = True) -> tuple[list[dict[str, Any]], int | None, str]:
+                      header_key: bool = True, arrivals: list[float] | None = None,
+                      ) -> tuple[list[dict[str, Any]], int | None, str]:
     """Stream ``frames`` the way Twilio does, ``pace`` seconds per frame (0.02: real time)."""
     headers = {"X-API-Key": key} if header_key else {}
     async with connect(f"{url}/v1/streams/twilio", additional_headers=headers, max_size=2**20) as ws:
-        reader = asyncio.create_task(read_all(ws, timeout=len(frames) * pace + 90))
+        reader = asyncio.create_task(read_all(ws, timeout=len(frames) * pace + 90, arrivals=arrivals))
         with contextlib.suppress(ConnectionClosed):  # the server may end the call first (not enrolled)
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
             await ws.send(twilio_start(customer, api_key=None if header_key else key))

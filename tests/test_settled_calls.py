@@ -143,3 +143,93 @@ def test_pressed_settings_are_checked() -> None:
         SessionSettings(pressed_stride=0)
     with pytest.raises(SessionError, match="pressed_wait_s"):
         SessionSettings(pressed_wait_s=0)
+
+
+def wait_for(check: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_call_still_deciding_is_embedded_before_settled_calls_waiting_longer(tmp_path: Path) -> None:
+    """The model serves calls whose decision may depend on it first; the watch over settled calls
+    waits (it used to take turns with them, so a new caller waited for every live call's segment)."""
+    embedder = StandIn(delay=0.1)
+    consent = Consent.now(channel="test", notice_version="v1", captured_by="tests")
+    va = make_va(tmp_path, consent, embedder, model_slots=1, batch_size=1, pressed_stride=1, **ROOMY)
+    try:
+        settled = [va.start_call("cust-1") for _ in range(6)]
+        for call in settled:
+            stream(call, synth(8, seed=1))
+        wait_for(lambda: all(c.status is CallStatus.AUTHENTICATED for c in settled))
+        wait_for(lambda: not va._sessions._embed and not getattr(va._sessions, "_watch", ()) and not any(
+            c._segments or c._in_flight or c._inbox for c in settled))
+        start = embedder.calls
+        at_decision: list[int] = []
+        for call in settled:  # the watch over six calls: about 50 segments for the model
+            stream(call, synth(12, seed=2), every=10**6)
+        new = va.start_call("cust-1", on_decision=lambda r: at_decision.append(embedder.calls - start))
+        stream(new, synth(6, seed=3), every=10**6)
+        wait_for(lambda: new.status is not CallStatus.PENDING)
+        assert new.status is CallStatus.AUTHENTICATED
+        for call in [*settled, new]:
+            call.close()
+        results = [call.result(wait=30) for call in settled]
+        assert at_decision[0] <= 9, at_decision  # 4-5; taking turns with the six settled calls: 14
+        assert embedder.calls - start > 40  # and the settled calls' watch was still served in full
+        assert all(r.thinned_under_load_s == 0 and r.dropped_audio_s == 0 for r in results)
+        pool = va._sessions  # latencies apart: the watch's updates, and the deciding calls' (all of the new call's)
+        watch, deciding = pool.decision_latencies(watch=True), pool.decision_latencies(watch=False)
+        assert len(watch) > 40 and len(deciding) >= 2 and len(pool.decision_latencies()) == len(watch) + len(deciding)
+    finally:
+        va.close()
+
+
+def test_a_settled_call_the_model_cannot_keep_up_with_is_thinned_not_dropped(tmp_path: Path) -> None:
+    """Segments of an AUTHENTICATED call that pile up past ``max_pending_segments`` are left out of its
+    watch and counted as thinned under load; its speech still counts as heard and nothing is dropped."""
+    embedder = StandIn(delay=0.3)
+    consent = Consent.now(channel="test", notice_version="v1", captured_by="tests")
+    va = make_va(tmp_path, consent, embedder, model_slots=1, pressed_stride=1, max_queued_s=120.0,
+                 max_pending_segments=2)
+    try:
+        call = va.start_call("cust-1")
+        stream(call, synth(6, seed=1))
+        wait_for(lambda: call.status is CallStatus.AUTHENTICATED)
+        before = call.result()
+        stream(call, synth(24, seed=2), every=10**6)
+        call.close()
+        result = call.result(wait=30)
+        assert result.status is CallStatus.AUTHENTICATED
+        assert result.dropped_audio_s == before.dropped_audio_s  # nothing dropped once settled
+        assert result.thinned_under_load_s > 10
+        assert result.speech_s > 25  # what was left out still counts as heard
+    finally:
+        va.close()
+
+
+def test_a_settled_call_waits_behind_deciding_work_but_not_for_ever(tmp_path: Path) -> None:
+    consent = Consent.now(channel="test", notice_version="v1", captured_by="tests")
+    va = make_va(tmp_path, consent, StandIn(), max_queued_s=10.0)
+    try:
+        pool = va._sessions
+        settled, deciding, check = object(), object(), object()
+        now = time.monotonic()
+        with pool._cond:
+            pool._watch.append((now - 5.0, settled))  # type: ignore[arg-type]
+            pool._spoof.append((now - 1.0, check))  # type: ignore[arg-type]
+            pool._embed.append((now, deciding))  # type: ignore[arg-type]
+        assert pool._next_job() == ("spoof", check)  # deciding work first, oldest first
+        pool._model_running = 0
+        assert pool._next_job() == ("embed", [deciding])
+        pool._model_running = 0
+        with pool._cond:
+            pool._embed.append((now, deciding))  # type: ignore[arg-type]
+            pool._watch[0] = (now - 10.5, settled)  # type: ignore[assignment]
+        assert pool._next_job() == ("embed", [settled])  # waited max_queued_s: it goes first
+        pool._model_running = 0
+        assert pool._next_job() == ("embed", [deciding])
+        pool._model_running = 0
+    finally:
+        va.close()

@@ -40,10 +40,11 @@ calls, does the rest:
    ``spoof_backlog_s``; if the voice comes to match, all of it is checked before the call
    can be AUTHENTICATED, and past that bound it is forgotten and the call can no longer be
    AUTHENTICATED. Spoof-checking every window of impostor speech was what limited the
-   service's capacity (``benchmarks/service.py``). Model work,
-   embedding batches and spoof checks alike, runs oldest first, ``model_slots`` calls at a
+   service's capacity (``benchmarks/service.py``). Model work runs ``model_slots`` calls at a
    time: one with torch ECAPA (it uses every core), one per core with a model on ONNX
-   Runtime's single thread (CAM++, ``ecapa-onnx``).
+   Runtime's single thread (CAM++, ``ecapa-onnx``). The calls still deciding come first, their
+   embedding batches and spoof checks oldest first; settled calls' segments (below) only when
+   none of those waits.
    A call is AUTHENTICATED only once every second of speech in its evidence has passed
    (it stays PENDING meanwhile, even when the voice matches). When a check passes, the latest
    update that matched on speech the checks now cover authenticates the call, as long as the
@@ -74,8 +75,11 @@ model is pressed (model work has waited ``pressed_wait_s``, 0.5 s, for a slot), 
 only every ``pressed_stride``-th segment (3): the calls still deciding keep pace instead of the
 service dropping audio, and the watch over decided calls is thinned for as long as the pressure
 lasts (each call reports it in ``CallResult.thinned_under_load_s``; ``pressed_stride=1`` turns this
-off). The decision itself always sees every segment; speech left out still counts as heard, and
-the spoof check hears it all.
+off). A settled call's segments wait behind every call still deciding, so a new caller's decision
+never queues behind the watch over fifty others; while they wait, segments piling up past
+``max_pending_segments`` are left out of the watch the same way (thinned, not dropped). The
+decision itself always sees every segment; speech left out still counts as heard, and the spoof
+check hears it all.
 
 Sequential decision. A call is AUTHENTICATED once it has ``min_decision_s`` of net
 speech and the LLR reaches the policy's accept threshold plus a margin;
@@ -116,7 +120,8 @@ Memory per live session (``SessionSettings`` defaults) is bounded by
   (16 kHz float32), plus one frame of at most ``max_chunk_s`` = 1 s (64 kB);
 * speech buffer: under one segment at the input rate (1.5 s: at most 96 kB);
 * ready segments: at most ``max_pending_segments`` = 4 at 16 kHz float32
-  (4 x 96 kB = 384 kB; under overload the oldest is dropped and counted);
+  (4 x 96 kB = 384 kB; under overload the oldest is dropped and counted, or, in a settled
+  call, left out of its watch and counted as thinned);
 * spoof speech: the voiced speech not yet checked (while a check is running, the front
   end waits once a ``spoof_window_s`` window of it has piled up, so at most 4.04 s + one
   1 s frame) and the last window of checked speech as context: at most 581 kB at 16 kHz

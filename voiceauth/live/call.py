@@ -38,18 +38,9 @@ class CallSession:
     """The channel tag the pool set (its calibration scores the call)."""
 
     def __init__(
-        self,
-        pool: Host,
-        customer_id: str,
-        *,
-        call_id: str,
-        sample_rate: int,
-        encoding: Encoding,
-        voiceprint: np.ndarray | None,
-        initial: CallStatus,
-        error: str | None,
-        on_decision: Callable[[CallResult], None] | None,
-        on_update: Callable[[CallResult], None] | None,
+        self, pool: Host, customer_id: str, *, call_id: str, sample_rate: int, encoding: Encoding,
+        voiceprint: np.ndarray | None, initial: CallStatus, error: str | None,
+        on_decision: Callable[[CallResult], None] | None, on_update: Callable[[CallResult], None] | None,
         screens: Sequence[Screen],
     ) -> None:
         settings = pool.settings
@@ -293,8 +284,12 @@ class CallSession:
     def _push_segments(self, segments: list[Segment]) -> None:
         with self._lock:
             self._segments.extend(segments)
-            while len(self._segments) > self._settings.max_pending_segments:
-                self._dropped_speech_s += self._segments.popleft().speech_s
+            while len(self._segments) > self._settings.max_pending_segments:  # the model fell behind:
+                segment = self._segments.popleft()  # a settled call (behind the deciding ones) is thinned
+                if self._stride() > 0:
+                    self._left_out(segment, pressed=True)
+                else:
+                    self._dropped_speech_s += segment.speech_s
 
     def _take_segment(self) -> Segment | None:
         with self._lock:
@@ -307,9 +302,14 @@ class CallSession:
                 if not self._thinning.leave_out(segment):
                     self._in_flight = True
                     return segment
-                if self._shadow is not None and self._result.status is CallStatus.AUTHENTICATED:
-                    self._shadow.add(segment)
+                self._left_out(segment)
             return None
+
+    def _left_out(self, segment: Segment, *, pressed: bool = False) -> None:
+        if pressed:
+            self._thinning.skip(segment)
+        if self._shadow is not None and self._result.status is CallStatus.AUTHENTICATED:
+            self._shadow.add(segment)
 
     def _stride(self) -> int:
         """Every how many segments a settled call embeds (``SessionSettings``); 0 while not settled."""

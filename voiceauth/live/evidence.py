@@ -182,6 +182,11 @@ class Thinning:
             self.pressed_s += segment.speech_s
         return True
 
+    def skip(self, segment: Segment) -> None:
+        """Leave ``segment`` out whatever the stride: it waited too long behind calls still deciding."""
+        self.unscored_s += segment.speech_s
+        self.pressed_s += segment.speech_s
+
     def take_unscored(self) -> float:
         """The speech left out since it was last taken, now to be counted as heard."""
         seconds, self.unscored_s = self.unscored_s, 0.0

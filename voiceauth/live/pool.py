@@ -56,8 +56,11 @@ class SessionPool:
 
     Work is picked in this order: callbacks for calls decided at start, front ends of
     calls with queued audio, then model work, :func:`model_slots` calls at a time: whichever waited
-    longer of a batch of up to ``batch_size`` ready segments from different calls
-    (embedded together) and a call's spoof check.
+    longer of a batch of up to ``batch_size`` ready segments from different calls still deciding
+    (embedded together) and a call's spoof check; only then a batch of segments of settled calls
+    (the watch over AUTHENTICATED calls, unmatched calls: ``CallSession._stride``), which never hold
+    up a decision, unless the oldest of them has waited ``max_queued_s``: then it goes first, so
+    that no call waits for ever (nor its end, which waits for its last segments).
     """
 
     def __init__(self, services: Services, settings: SessionSettings | None = None, *,
@@ -70,6 +73,8 @@ class SessionPool:
         self._cond = threading.Condition()
         self._front: deque[CallSession] = deque()
         self._embed: deque[tuple[float, CallSession]] = deque()
+        self._watch: deque[tuple[float, CallSession]] = deque()
+        """Settled calls' segments: served when no call still deciding waits for the model."""
         self._spoof: deque[tuple[float, CallSession]] = deque()
         self._model_running = 0
         self._model_slots = model_slots(services.embedder, self.settings)
@@ -82,6 +87,7 @@ class SessionPool:
         self._stopping = False
         self._next_reap = 0.0
         self._latencies: deque[tuple[float, float]] = deque(maxlen=10000)
+        self._watch_latencies: deque[tuple[float, float]] = deque(maxlen=10000)
         self._batches: deque[int] = deque(maxlen=10000)
         self._spoof_latencies: deque[tuple[float, float]] = deque(maxlen=10000)
 
@@ -146,10 +152,13 @@ class SessionPool:
         with self._cond:
             return len(self._sessions)
 
-    def decision_latencies(self, since: float | None = None) -> np.ndarray:
+    def decision_latencies(self, since: float | None = None, *, watch: bool | None = None) -> np.ndarray:
         """Seconds from feeding the last frame of a segment to its update being published
-        (recent updates; with ``since``, those published at or after that ``time.monotonic()``)."""
-        return _since(self._latencies, since)
+        (recent updates; with ``since``, those published at or after that ``time.monotonic()``):
+        of every call, or with ``watch=False`` only of calls still deciding, ``watch=True`` only of
+        settled ones."""
+        queues = [q for q, w in ((self._latencies, False), (self._watch_latencies, True)) if watch in (None, w)]
+        return np.concatenate([_since(q, since) for q in queues])
 
     def batch_sizes(self) -> np.ndarray:
         return np.array(self._batches, dtype=np.int64)
@@ -258,8 +267,9 @@ class SessionPool:
             self._cond.notify()
 
     def _schedule_embedding(self, session: CallSession) -> None:
+        settled = session._stride() > 0 and not session.closed  # a hint read without the call's lock
         with self._cond:
-            self._embed.append((time.monotonic(), session))
+            (self._watch if settled else self._embed).append((time.monotonic(), session))
             self._cond.notify()
 
     def schedule_spoof(self, session: CallSession) -> None:
@@ -272,7 +282,7 @@ class SessionPool:
         ``pressed_wait_s`` for a slot? Read without the lock (a hint for thinning settled calls,
         ``SessionSettings.pressed_stride``): called by a call holding its own lock."""
         limit = time.monotonic() - self.settings.pressed_wait_s
-        for queue in (self._embed, self._spoof):
+        for queue in (self._embed, self._spoof, self._watch):
             try:
                 if queue[0][0] <= limit:
                     return True
@@ -293,12 +303,14 @@ class SessionPool:
                     return "task", self._tasks.popleft()
                 if self._front:
                     return "front", self._front.popleft()
-                if (self._embed or self._spoof) and self._model_running < self._model_slots:
-                    self._model_running += 1  # oldest waiting work first: segments or a spoof check
-                    if self._embed and (not self._spoof or self._embed[0][0] <= self._spoof[0][0]):
-                        count = min(self.settings.batch_size, len(self._embed))
-                        return "embed", [self._embed.popleft()[1] for _ in range(count)]
-                    return "spoof", self._spoof.popleft()[1]
+                if (self._embed or self._spoof or self._watch) and self._model_running < self._model_slots:
+                    self._model_running += 1  # calls still deciding first, oldest waiting work first
+                    starved = self._watch and self._watch[0][0] <= time.monotonic() - self.settings.max_queued_s
+                    if self._spoof and not starved and (not self._embed or self._spoof[0][0] < self._embed[0][0]):
+                        return "spoof", self._spoof.popleft()[1]
+                    queue = self._watch if starved else self._embed or self._watch
+                    count = min(self.settings.batch_size, len(queue))
+                    return "embed", [queue.popleft()[1] for _ in range(count)]
                 if self._stopping:
                     return None
                 now = time.monotonic()
@@ -355,9 +367,10 @@ class SessionPool:
             callbacks: list[Callable[[], None]] = []
             if embedding is not None:
                 try:
+                    latencies = self._watch_latencies if session._stride() > 0 else self._latencies
                     callbacks = session._apply(segment, embedding)
                     now = time.monotonic()
-                    self._latencies.append((now, now - segment.fed_at))
+                    latencies.append((now, now - segment.fed_at))
                 except Exception as exc:  # noqa: BLE001
                     log.exception("live call %s: scoring failed", session.call_id)
                     callbacks = session._fail(error_message("scoring the call", exc))

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from voiceauth.live import CallResult, SessionPool
@@ -85,7 +86,6 @@ class Hub:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._latency_mark = time.monotonic()
-        self._spoof_mark = self._latency_mark
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -193,10 +193,11 @@ class Hub:
 
     def _drain_latencies(self) -> None:
         """Move the pool's recent latencies into the histograms."""
-        for source, histogram, attr in ((self.pool.decision_latencies, self.metrics.latency, "_latency_mark"),
-                                        (self.pool.spoof_latencies, self.metrics.spoof_latency, "_spoof_mark")):
-            mark = getattr(self, attr)
-            now = time.monotonic()
+        deciding = partial(self.pool.decision_latencies, watch=False)
+        watch = partial(self.pool.decision_latencies, watch=True)
+        mark, self._latency_mark = self._latency_mark, time.monotonic()
+        for source, histogram in ((deciding, self.metrics.latency.labels("deciding")),
+                                  (watch, self.metrics.latency.labels("watch")),
+                                  (self.pool.spoof_latencies, self.metrics.spoof_latency)):
             for value in source(since=mark):
                 histogram.observe(float(value))
-            setattr(self, attr, now)

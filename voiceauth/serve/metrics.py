@@ -31,7 +31,12 @@ class Metrics:
                                  ["source", "status"], registry=r)
         self.latency = Histogram("voiceauth_decision_latency_seconds",
                                  "Live calls: seconds from the last frame of a speech segment being fed to its "
-                                 "scored update", buckets=LATENCY_BUCKETS, registry=r)
+                                 "scored update; stage deciding (the call's decision may depend on it) or watch "
+                                 "(a settled call: the watch over an AUTHENTICATED call, an unmatched call), "
+                                 "which waits behind the deciding ones", ["stage"], buckets=LATENCY_BUCKETS,
+                                 registry=r)
+        for stage in ("deciding", "watch"):
+            self.latency.labels(stage)  # both series from the start, zero until observed
         self.spoof_latency = Histogram("voiceauth_spoof_check_latency_seconds",
                                        "Live calls: seconds from queueing a spoof check to its verdict",
                                        buckets=LATENCY_BUCKETS, registry=r)
