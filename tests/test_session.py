@@ -14,7 +14,7 @@ import pytest
 
 from voiceauth.audio.channel import telephone_channel
 from voiceauth.audio.decode import Audio, load_audio
-from voiceauth.audio.g711 import mulaw_encode
+from voiceauth.audio.g711 import mulaw_decode, mulaw_encode
 from voiceauth.client import VoiceAuth
 from voiceauth.errors import NoSpeechError, SessionError
 from voiceauth.fraud.spoof import SpoofResult
@@ -22,6 +22,7 @@ from voiceauth.live import CallResult, CallSession, CallStatus, SessionPool, Ses
 from voiceauth.results import Flag
 from voiceauth.scoring.calibration import default_calibration
 from voiceauth.scoring.normalisation import Normalisation
+from voiceauth.speech.activity import SpeechGate
 from voiceauth.store.base import Consent
 
 RATE = 8000
@@ -218,6 +219,34 @@ def test_backlog_drops_oldest_audio_instead_of_blocking(tmp_path: Path, consent_
         assert result.status is CallStatus.INCONCLUSIVE
     finally:
         va.close()
+
+
+def test_queued_frames_are_gated_in_batches_with_the_same_result(va: VoiceAuth) -> None:
+    """Frames that queued up while the front end was busy go through the gate 0.2 s at a time (it used
+    to take them one by one, about five times the cost a frame); what it keeps is the same."""
+    audio = synth(6, seed=3)
+    call = va.start_call("cust-1")
+    seen: list[np.ndarray] = []
+    kept: list[np.ndarray] = []
+    gate_push = call._gate.push_kept
+
+    def push(samples: np.ndarray):  # noqa: ANN202
+        seen.append(samples)
+        out = gate_push(samples)
+        kept.append(out.samples)
+        return out
+
+    call._gate.push_kept = push  # type: ignore[method-assign]
+    with call._front_lock:  # the front end is busy: every frame queues
+        for frame in frames(audio):
+            call.feed(frame)
+    call.close()
+    assert call.result(wait=30).closed
+    reference = SpeechGate(RATE)
+    expected = [reference.push_kept(mulaw_decode(np.frombuffer(f, np.uint8))).samples for f in frames(audio)]
+    assert max(len(s) for s in seen) == 1600 and len(seen) <= len(expected) // 10 + 1
+    np.testing.assert_array_equal(np.concatenate(kept), np.concatenate(expected))
+    assert call._gate.speech_s == reference.speech_s > 4
 
 
 def test_worker_exception_surfaces_as_error(tmp_path: Path, consent_record: Consent) -> None:

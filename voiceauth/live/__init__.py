@@ -12,7 +12,7 @@ session's bounded input queue; it never decodes, never touches the model and nev
 waits on a worker. A :class:`SessionPool` of a few worker threads, shared by all live
 calls, does the rest:
 
-1. *front end* (cheap): decode, pass 20 ms frames through a streaming
+1. *front end* (cheap): decode, pass 20 ms frames (up to 0.2 s of those queued at once) through a streaming
    :class:`~voiceauth.speech.activity.SpeechGate`, buffer the voiced samples at the input rate
    and cut them into segments of ``segment_s`` seconds of net speech, resampled to
    16 kHz. Audio is dropped as soon as it has been cut into a segment.
@@ -124,8 +124,8 @@ Memory per live session (``SessionSettings`` defaults) is bounded by
   call, left out of its watch and counted as thinned);
 * spoof speech: the voiced speech not yet checked (while a check is running, the front
   end waits once a ``spoof_window_s`` window of it has piled up, so at most 4.04 s + one
-  1 s frame) and the last window of checked speech as context: at most 581 kB at 16 kHz
-  float32, 290 kB at 8 kHz;
+  0.2 s batch of frames and one 1 s frame) and the last window of checked speech as context: at
+  most 594 kB at 16 kHz float32, 297 kB at 8 kHz;
 * state: the call embedding, a ring of ``change_window_s / segment_s`` = 2 segment
   embeddings (192 floats each), the voiceprint, at most ``history_limit`` = 32
   revisions and the speech gate (under 2 kB): a few kB.

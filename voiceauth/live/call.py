@@ -16,7 +16,7 @@ from voiceauth.audio.decode import Encoding
 from voiceauth.decision import DECIDED, FINAL, CallStatus, decide_call, within_reach
 from voiceauth.errors import SessionError
 from voiceauth.live.evidence import CallTrajectory, Evidence, Segment, Segmenter, ShadowSpeech, Thinning, unit
-from voiceauth.live.frames import FrameFormat, decode_chunk, validate_chunk
+from voiceauth.live.frames import BATCH_S, FrameFormat, Queued, decode_batch, take_batch, validate_chunk
 from voiceauth.live.screens import Screen, run_screens
 from voiceauth.live.spoof_track import SpoofState, SpoofTrack
 from voiceauth.live.state import CallResult, Chunk, Host, Revision, speech_percent
@@ -58,9 +58,9 @@ class CallSession:
         self._started = time.monotonic()
         self._last_fed = self._started
         self._format = FrameFormat(encoding, sample_rate, settings.max_chunk_s)
-        self._max_queued = int(settings.max_queued_s * sample_rate)
+        self._max_queued, self._batch = int(settings.max_queued_s * sample_rate), int(BATCH_S * sample_rate)
         # IVR side (written only by the feeding thread)
-        self._inbox: deque[tuple[bytes | np.ndarray, int, float]] = deque()
+        self._inbox: deque[Queued] = deque()
         self._fed_samples = 0
         self._dropped_samples = 0
         self._paused = False
@@ -204,18 +204,13 @@ class CallSession:
             if self._discard:  # cancelled: a frame fed meanwhile is dropped unheard
                 self._inbox.clear()
                 return False
-            while not self._check.backlogged():
-                try:
-                    payload, count, fed_at = self._inbox.popleft()
-                except IndexError:
-                    break
-                self._consumed_samples += count
-                samples = decode_chunk(payload, self.encoding)
-                kept = self._gate.push_kept(samples)  # speech with its short pauses; long ones cut
+            while not self._check.backlogged() and (batch := take_batch(self._inbox, self._batch)):
+                self._consumed_samples += sum(count for _, count, _ in batch)
+                kept = self._gate.push_kept(decode_batch(batch, self.encoding))  # short pauses kept, long cut
                 if kept.voiced.any():
                     self._hear(kept.speech)  # before _buffer: no segment holds speech unheard by the check
-                if len(kept.voiced):
-                    self._push_segments(self._segmenter.push(kept, fed_at))
+                if len(kept.voiced):  # timed from the batch's oldest frame: latency never understated
+                    self._push_segments(self._segmenter.push(kept, batch[0][2]))
             if self._closed and not self._flushed and not self._inbox:
                 self._flushed = True
                 self._push_segments(self._segmenter.flush())

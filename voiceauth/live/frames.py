@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,12 @@ from voiceauth.audio.decode import SUPPORTED_RATES, Audio, Encoding
 from voiceauth.audio.g711 import alaw_decode, mulaw_decode
 from voiceauth.errors import AudioDecodeError, SessionError
 from voiceauth.live.state import Chunk
+
+Queued = tuple[bytes | np.ndarray, int, float]
+"""One frame in a call's inbox: (payload, sample count, ``time.monotonic()`` when fed)."""
+BATCH_S = 0.2
+"""Audio a front end decodes and gates in one pass when frames have queued up: a pass costs about
+as much for one 20 ms frame as for ten (73 vs 15 us a frame), and a busy service gets the gain."""
 
 DTYPES = {
     Encoding.PCM16: np.dtype(np.int16),
@@ -112,3 +119,24 @@ def validate_chunk(chunk: Chunk, fmt: FrameFormat, call_id: str) -> tuple[bytes 
             "feed the audio in IVR-sized frames (e.g. 20 ms)"
         )
     return payload, count
+
+
+def take_batch(inbox: deque[Queued], max_samples: int) -> list[Queued]:
+    """The oldest queued frames, until they hold ``max_samples`` (at least one frame; none when the
+    inbox is empty). The IVR thread may drop the oldest meanwhile (``CallSession._make_room``)."""
+    batch: list[Queued] = []
+    held = 0
+    while held < max_samples:
+        try:
+            item = inbox.popleft()
+        except IndexError:
+            break
+        batch.append(item)
+        held += item[1]
+    return batch
+
+
+def decode_batch(batch: list[Queued], encoding: Encoding) -> np.ndarray:
+    """The frames of ``batch`` decoded (:func:`decode_chunk`) and joined, in order."""
+    chunks = [decode_chunk(payload, encoding) for payload, _, _ in batch]
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
