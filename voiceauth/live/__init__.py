@@ -44,7 +44,7 @@ calls, does the rest:
    time: one with torch ECAPA (it uses every core), one per core with a model on ONNX
    Runtime's single thread (CAM++, ``ecapa-onnx``). The calls still deciding come first, their
    embedding batches and spoof checks oldest first; settled calls' segments (below) only when
-   none of those waits.
+   none of those waits, or once they have waited ``max_queued_s`` (so none waits for ever).
    A call is AUTHENTICATED only once every second of speech in its evidence has passed
    (it stays PENDING meanwhile, even when the voice matches). When a check passes, the latest
    update that matched on speech the checks now cover authenticates the call, as long as the
