@@ -148,6 +148,7 @@ def test_health_and_metrics(server: Server) -> None:
     assert 'voiceauth_decisions_total{source="call",status="authenticated"} 1.0' in text
     assert 'voiceauth_streams_ended_total{outcome="ended",protocol="twilio"} 1.0' in text
     assert "voiceauth_decision_latency_seconds_count" in text and "voiceauth_live_calls 0.0" in text
+    assert "voiceauth_call_seconds_to_authenticated_count 1.0" in text  # the one genuine call, once
     for stage in ("deciding", "watch"):  # the updates of calls still deciding apart from the settled calls' watch
         assert f'voiceauth_decision_latency_seconds_count{{stage="{stage}"}}' in text
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
-from voiceauth.live import CallResult, SessionPool
+from voiceauth.live import CallResult, CallStatus, SessionPool
 from voiceauth.serve.config import Limits
 from voiceauth.serve.metrics import Metrics
 
@@ -136,6 +136,8 @@ class Hub:
         self.calls[result.call_id] = body
         if old is None or old["status"] != body["status"]:
             self.metrics.decisions.labels("call", body["status"]).inc()
+            if result.status is CallStatus.AUTHENTICATED and meta is not None:  # once a call: never again after
+                self.metrics.to_authenticated.observe(max(0.0, time.time() - meta.started))
         seen = self._flagged.setdefault(result.call_id, set())
         new_flags = [f for f in result.flags if f.value not in seen]
         seen.update(f.value for f in new_flags)

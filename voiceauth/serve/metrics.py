@@ -12,6 +12,7 @@ from voiceauth.results import Flag
 
 LATENCY_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0,
                    10.0)
+WAIT_BUCKETS = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -37,6 +38,10 @@ class Metrics:
                                  registry=r)
         for stage in ("deciding", "watch"):
             self.latency.labels(stage)  # both series from the start, zero until observed
+        self.to_authenticated = Histogram("voiceauth_call_seconds_to_authenticated",
+                                          "Live calls: seconds from the stream's start to AUTHENTICATED (what the "
+                                          "agent waits for: the caller's speech, the queues and the spoof check)",
+                                          buckets=WAIT_BUCKETS, registry=r)
         self.spoof_latency = Histogram("voiceauth_spoof_check_latency_seconds",
                                        "Live calls: seconds from queueing a spoof check to its verdict",
                                        buckets=LATENCY_BUCKETS, registry=r)
