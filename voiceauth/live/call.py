@@ -282,7 +282,8 @@ class CallSession:
             while len(self._segments) > self._settings.max_pending_segments:  # the model fell behind:
                 segment = self._segments.popleft()  # a settled call (behind the deciding ones) is thinned
                 if self._stride() > 0:
-                    self._left_out(segment, pressed=True)
+                    self._thinning.skip(segment)
+                    self._keep_for_shadow(segment)
                 else:
                     self._dropped_speech_s += segment.speech_s
 
@@ -297,12 +298,11 @@ class CallSession:
                 if not self._thinning.leave_out(segment):
                     self._in_flight = True
                     return segment
-                self._left_out(segment)
+                self._keep_for_shadow(segment)
             return None
 
-    def _left_out(self, segment: Segment, *, pressed: bool = False) -> None:
-        if pressed:
-            self._thinning.skip(segment)
+    def _keep_for_shadow(self, segment: Segment) -> None:
+        """A segment left out of an AUTHENTICATED call's watch still grows its shadow voiceprint."""
         if self._shadow is not None and self._result.status is CallStatus.AUTHENTICATED:
             self._shadow.add(segment)
 
