@@ -223,3 +223,44 @@ def test_live_call_records_its_trial_under_the_result_id(va: VoiceAuth) -> None:
     calibration = va.scorer.calibrations.get(Normalisation(trial.normalisation))
     assert calibration.llr(*trial.trajectory[-1]) == pytest.approx(result.llr, abs=1e-2)  # the points re-score it
     assert va.report_outcome(result.trial_id, genuine=True, source="kba").label is True
+
+
+def test_the_segment_cut_at_close_is_scored_before_the_call_finishes(va: VoiceAuth) -> None:
+    """A worker finishing the previous segment while the front end cuts the last one at close
+    must not finish the call first: the last segment is scored, the trial holds the final score
+    (was: the call looked flushed with the last segment not yet queued; its trial missed that
+    segment's score, or the segment was dropped unscored)."""
+    va._sessions = pool = SessionPool(va.services, SessionSettings(reap_interval_s=0.05, spoof_check=False),
+                                      watchlist=va.watchlist)
+    codes = mulaw_encode(voice(4, 8.0, 11, rate=8000))
+    call = va.start_call("cust-4", channel_tag="ivr-8k")
+    cut: list[float] = []
+    push = call._push_segments
+
+    def counted(segments: list) -> None:  # type: ignore[type-arg]
+        cut.extend(s.speech_s for s in segments)
+        push(segments)
+
+    call._push_segments = counted  # type: ignore[method-assign]
+    for i in range(0, len(codes) - 160 + 1, 160):
+        call.feed(codes[i : i + 160].tobytes())
+    deadline = time.monotonic() + 30
+    while (call._inbox or call._segments or call._in_flight) and time.monotonic() < deadline:
+        time.sleep(0.02)  # everything fed so far is scored: only the cut at close is left
+    flush = call._segmenter.flush
+
+    def flush_while_a_worker_finishes() -> list:  # type: ignore[type-arg]
+        last = flush()
+        assert last, "the call must end mid-speech for this test"
+        pool._maybe_finish(call)  # an embedding job that just finished the previous segment
+        return last
+
+    call._segmenter.flush = flush_while_a_worker_finishes  # type: ignore[method-assign]
+    call.close()
+    result = call.result(wait=30)
+    assert result.closed
+    assert result.speech_s == pytest.approx(sum(cut), abs=0.02)  # the last segment counted
+    wait_for_call_trial(va)
+    (trial,) = va.store.trials(kinds=(TrialKind.CALL,))
+    assert trial.llr == pytest.approx(result.llr, abs=1e-3)
+    assert trial.speech_s == pytest.approx(result.speech_s, abs=0.02)
