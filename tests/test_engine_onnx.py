@@ -75,6 +75,17 @@ def test_export_records_the_graph_checksum_beside_it(name: str, use_cache: Path)
 
 
 @pytest.mark.parametrize("name", sorted(ENGINES))
+def test_exported_graph_runs_no_1d_convolution(name: str, use_cache: Path) -> None:
+    """ONNX Runtime's blocked-layout kernels take only 2-D convolutions (benchmarks/engine.py: the speed)."""
+    import onnx
+
+    graph = onnx.load(str(ENGINES[name].cache_path())).graph
+    dims = {init.name: len(init.dims) for init in graph.initializer}
+    convs = [dims.get(node.input[1]) for node in graph.node if node.op_type == "Conv"]
+    assert convs and set(convs) == {4}
+
+
+@pytest.mark.parametrize("name", sorted(ENGINES))
 def test_onnx_graph_matches_the_torch_network(name: str, use_cache: Path, speakers: dict[str, list[Path]]) -> None:
     import torch
 
