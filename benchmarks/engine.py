@@ -30,6 +30,10 @@ Systems, all scored by cosine against the mean enrolment embedding:
   pauses and word edges kept) + ECAPA on ONNX (the embedding space of
   :class:`voiceauth.embedding.EcapaEmbedder`; parity is checked);
 * ``campplus``: the same front end + CAM++ on ONNX;
+* ``ecapa_asnorm`` / ``campplus_asnorm``: the same cosines AS-normalised as voiceauth scores a
+  new deployment's trials: against the public cohort shipped in ``voiceauth/data`` for the model
+  and channel (``phone`` rows for the G.711 and mobile-codec channels, ``clean`` rows otherwise;
+  top 100), less the rows of any speaker among the train-clean impostors;
 * ``fusion``: the mean of the ``ecapa`` and ``campplus`` cosines;
 * ``ecapa_spliced`` (``--spliced``): the old front end, speech frames spliced together, + ECAPA.
 
@@ -76,7 +80,11 @@ FOLDS = 5
 """Enrolment folds on LibriSpeech (10 files a speaker, 2 enrolled on per fold)."""
 NOISE_SNR_DB = 20.0
 SPEED_SEGMENT_S = 3.0
-SYSTEMS = ("baseline", "ecapa", "campplus", "fusion")
+SYSTEMS = ("baseline", "ecapa", "ecapa_asnorm", "campplus", "campplus_asnorm", "fusion")
+AS_NORMED = {"ecapa_asnorm": "ecapa", "campplus_asnorm": "campplus"}
+"""Systems scored with AS-norm against the shipped public cohort, and the system whose embeddings they use."""
+PHONE_CHANNELS = ("mulaw", "alaw", "amr", "gsm")
+"""Channels scored against the public cohort's ``phone`` rows (the others: its ``clean`` rows)."""
 SPLICED = "ecapa_spliced"
 DEFAULT_SYSTEM = "campplus"
 """The candidate default engine (the fast one) whose accuracy and speed the issue 14 targets are checked on."""
@@ -290,11 +298,15 @@ def score_condition(engines: Engines, splits: Sequence[Pool], name: str, cache: 
         trials = [(s, p) for p in test_files for s in split.enrol]
         labels.append(np.array([owner.get(p) == s for s, p in trials]))
         for system in systems(engines):
-            if system == "fusion":
+            if system == "fusion" or system in AS_NORMED:
                 continue
             voiceprint = {s: l2_normalise(np.mean([enrolled[p][system] for p in files], axis=0))
                           for s, files in split.enrol.items()}
             parts[system].append(np.array([float(voiceprint[s] @ tested[p][system]) for s, p in trials]))
+            normed = next((n for n, used in AS_NORMED.items() if used == system), None)
+            if normed is not None:
+                raw = parts[system][-1]
+                parts[normed].append(as_normed(engines, system, channel, split, voiceprint, tested, trials, raw))
     truth = np.concatenate(labels)
     out: dict[str, object] = {"trials": {"genuine": int(truth.sum()), "impostor": int((~truth).sum())},
                               "folds": len(splits)}
@@ -304,6 +316,38 @@ def score_condition(engines: Engines, splits: Sequence[Pool], name: str, cache: 
         m = compute_metrics(scores[system], truth)
         out[system] = {"eer": round(m.eer, 5), "min_dcf_0.01": round(m.min_dcf_01, 4)}
     return out
+
+
+def as_normed(engines: Engines, system: str, channel: str, split: Pool, voiceprint: dict[str, np.ndarray],
+              tested: dict[Path, dict[str, np.ndarray]], trials: Sequence[tuple[str, Path]],
+              raw: np.ndarray) -> np.ndarray:
+    """``raw`` AS-normalised as voiceauth scores a new deployment's trials: against the public cohort
+    shipped for the model and channel (clean or phone), less the rows of speakers among this split's
+    impostors (the cohort and the impostors are both drawn from train-clean)."""
+    from voiceauth.scoring.normalisation import COHORT_TOP_N, symmetric_z, top_stats
+    from voiceauth.services.cohort import public_cohort
+
+    cohort_channel = "phone" if channel in PHONE_CHANNELS else "clean"
+    cohort = public_cohort(engines.onnx[system].model_id, cohort_channel)
+    assert cohort is not None, f"no public cohort ships for {system}"
+    impostor_speakers = {p.name.split("-")[0] for p in split.impostors}
+    keep = [i for i, speaker in enumerate(cohort_speakers(system)) if speaker not in impostor_speakers]
+    cohort = cohort[keep]
+    speakers, files = list(voiceprint), list(tested)
+    enrol = top_stats(cohort @ np.stack([voiceprint[s] for s in speakers], axis=1), COHORT_TOP_N)
+    test = top_stats(cohort @ np.stack([tested[p][system] for p in files], axis=1), COHORT_TOP_N)
+    row = {s: i for i, s in enumerate(speakers)}
+    column = {p: i for i, p in enumerate(files)}
+    e = np.array([row[s] for s, _ in trials])
+    t = np.array([column[p] for _, p in trials])
+    return np.asarray(symmetric_z(raw, (enrol[0][e], enrol[1][e]), (test[0][t], test[1][t])), dtype=np.float64)
+
+
+def cohort_speakers(system: str) -> list[str]:
+    """The LibriSpeech speaker of each row of the shipped public cohort (its manifest)."""
+    from importlib import resources
+
+    return json.loads(resources.files("voiceauth.data").joinpath(f"cohort_{system}.json").read_text())["speakers"]
 
 
 def systems(engines: Engines | None = None) -> tuple[str, ...]:

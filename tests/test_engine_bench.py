@@ -139,3 +139,35 @@ def test_systems_hear_the_front_end_not_the_spliced_speech(bench: ModuleType, cl
     analysis = analyse(clip)
     assert len(analysis.speech.samples) < len(analysis.trimmed.samples) <= len(clip.samples)
     assert bench.DEFAULT_SYSTEM in bench.SYSTEMS and "fusion" in bench.SYSTEMS
+
+
+def test_as_norm_leaves_out_the_cohort_rows_of_impostor_speakers(bench: ModuleType, librispeech: Path) -> None:
+    """The public cohort and the benchmark's impostors are both drawn from train-clean: an impostor
+    scored against a cohort holding their own speech would be normalised with their own score."""
+    from types import SimpleNamespace
+
+    from voiceauth.scoring.normalisation import COHORT_TOP_N, symmetric_z, top_stats
+    from voiceauth.services.cohort import public_cohort
+
+    split = bench.pool(30)
+    model_id = "speechbrain/spkrec-ecapa-voxceleb@0575cb64"
+    engines = SimpleNamespace(onnx={"ecapa": SimpleNamespace(model_id=model_id)})
+    speakers = bench.cohort_speakers("ecapa")
+    cohort = public_cohort(model_id, "phone")
+    assert cohort is not None and len(speakers) == len(cohort) == len(public_cohort(model_id, "clean"))
+    drawn = {p.name.split("-")[0] for p in split.impostors}
+    shared = [i for i, s in enumerate(speakers) if s in drawn]
+    assert shared  # the draw meets the cohort, so leaving rows out matters
+    impostor = next(p for p in split.impostors if p.name.split("-")[0] == speakers[shared[0]])
+    probe = cohort[shared[0]]  # the impostor's embedding as the cohort holds it
+    voiceprint = {"s1": cohort[0] if 0 not in shared else cohort[-1]}
+    raw = np.array([float(voiceprint["s1"] @ probe)])
+    got = bench.as_normed(engines, "ecapa", "mulaw", split, voiceprint, {impostor: {"ecapa": probe}},
+                          [("s1", impostor)], raw)
+    rest = np.delete(cohort, shared, axis=0)
+    expected = symmetric_z(raw, top_stats(rest @ voiceprint["s1"][:, None], COHORT_TOP_N),
+                           top_stats(rest @ probe[:, None], COHORT_TOP_N))
+    with_own = symmetric_z(raw, top_stats(cohort @ voiceprint["s1"][:, None], COHORT_TOP_N),
+                           top_stats(cohort @ probe[:, None], COHORT_TOP_N))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert not np.allclose(got, with_own)
