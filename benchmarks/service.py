@@ -31,6 +31,12 @@ latencies (histogram deltas over the window), CPU, and the calls that ended in t
 burst levels above are the worst case (all N calls decide and run their spoof check in the
 same seconds); the steady levels are the load a live service sees.
 
+Hand-overs (``--handover-every K``): in the steady levels every K-th genuine call hands the phone to
+another speaker ``--handover-at-s`` seconds in (the claimed customer's speech, then the next
+speaker's); these calls are left out of the genuine and impostor tallies and reported on their own:
+how many were AUTHENTICATED before the hand-over, how many of those were then flagged or lost
+AUTHENTICATED, and the seconds from the hand-over to that update on the stream.
+
 Soak: ``--soak-calls`` calls (8 at a time, fed at 4x real time) and ``--soak-verifies`` REST
 verifications through the same server process, resident memory sampled every 0.5 s.
 """
@@ -257,7 +263,7 @@ async def level(service: Service, calls: list[tuple[str, list[bytes], bool]], pa
 
 
 async def steady(service: Service, calls: list[tuple[str, list[bytes], bool]], n: int, seconds: float,
-                 measure_s: float, pace: float = 0.02) -> dict[str, object]:
+                 measure_s: float, pace: float = 0.02, handovers: dict[int, float] | None = None) -> dict[str, object]:
     """``n`` call slots, each running calls back to back; slot ``i``'s first call joins ``i * seconds / n``
     seconds in, so the calls are at every stage at once, as in a contact centre. Measured over
     ``measure_s`` once every slot is busy: latency (histogram deltas), CPU, and every call that
@@ -267,16 +273,22 @@ async def steady(service: Service, calls: list[tuple[str, list[bytes], bool]], n
     window: dict[str, float] = {}
     ended: list[tuple[list[dict], bool]] = []
     timed: list[tuple[list[dict], list[float], float]] = []
+    handed: list[tuple[list[dict], list[float], float, float]] = []
+    handovers = handovers or {}
 
     async def slot(i: int) -> None:
         skip, j = int(i * per_call / n), 0
         while "end" not in window or time.monotonic() < window["end"]:
-            claimed, frames, genuine = calls[(i + j * n) % len(calls)]
+            index = (i + j * n) % len(calls)
+            claimed, frames, genuine = calls[index]
             arrivals: list[float] = []
             started = time.monotonic()
             messages, _, _ = await twilio_call(service.ws, service.keys["ivr"], claimed, frames[skip:per_call], pace,
                                                arrivals=arrivals)
-            if "start" in window and time.monotonic() <= window["end"] + 5.0:
+            if index in handovers:  # neither genuine nor impostor throughout: measured on their own
+                if not skip and "start" in window and window["start"] <= started <= window["end"]:
+                    handed.append((messages, arrivals, started, handovers[index]))
+            elif "start" in window and time.monotonic() <= window["end"] + 5.0:
                 ended.append((messages, genuine))
             if genuine and "start" in window and window["start"] <= started <= window["end"]:
                 timed.append((messages, arrivals, started))  # started under the measured load
@@ -306,7 +318,52 @@ async def steady(service: Service, calls: list[tuple[str, list[bytes], bool]], n
                                     f"/{sum(g for _, g in finals)}")
     ever = sum("authenticated" in [s for s, _ in statuses(m)] for m, g in ended if not g)
     out["impostor_ever_authenticated"] = f"{ever}/{sum(not g for _, g in finals)}"
+    if handovers:
+        out["handover"] = handed_over(handed)
     return out
+
+
+def handed_over(runs: list[tuple[list[dict], list[float], float, float]]) -> dict[str, object]:
+    """Calls in which the claimed customer hands the phone to someone else ``at_s`` seconds in (the frames
+    are paced in real time): how many were AUTHENTICATED before it, how many of those were then flagged
+    (speaker_change) or lost AUTHENTICATED, and the seconds from the hand-over to the first such update
+    on the stream."""
+    before = caught = 0
+    delays: list[float] = []
+    for messages, arrivals, started, at_s in runs:
+        switch = started + at_s
+        calls = [(m["call"], at) for m, at in zip(messages, arrivals, strict=True)
+                 if m.get("event") == "voiceauth.status"]
+        if not any(c["status"] == "authenticated" and at <= switch for c, at in calls):
+            continue
+        before += 1
+        after = [at for c, at in calls if at > switch
+                 and ("speaker_change" in c["flags"] or c["status"] != "authenticated")]
+        if after:
+            caught += 1
+            delays.append(after[0] - switch)
+    return {"calls": len(runs), "authenticated_before": before, "caught": caught,
+            "delay_p50_s": round(float(np.percentile(delays, 50)), 2) if delays else None,
+            "delay_p95_s": round(float(np.percentile(delays, 95)), 2) if delays else None}
+
+
+def with_handovers(calls: list, speakers: dict[str, list[Path]], every: int, at_s: float,
+                   seconds: float) -> tuple[list, dict[int, float]]:
+    """Every ``every``-th genuine call made a hand-over: its first ``at_s`` seconds from the claimed
+    speaker, the rest from the next speaker (never enrolled under the claimed id)."""
+    ids = sorted(speakers)
+    out, handovers, seen = list(calls), {}, 0
+    for k, (claimed, frames, genuine) in enumerate(calls):
+        if not genuine:
+            continue
+        seen += 1
+        if seen % every:
+            continue
+        other = ids[(ids.index(claimed) + 1) % len(ids)]
+        cut = int(at_s / 0.02)
+        out[k] = (claimed, frames[:cut] + frames_of(speakers[other][3:], seconds - at_s), True)
+        handovers[k] = at_s
+    return out, handovers
 
 
 def make_calls(speakers: dict[str, list[Path]], n: int, seconds: float, seed: int = 0) -> list:
@@ -381,6 +438,9 @@ def main() -> None:
                         help="speaker model the server runs (default ecapa)")
     parser.add_argument("--calibration", type=Path, help="calibration file for a model without a shipped one "
                         "(campplus: results/calibration-campplus.json, from accuracy.py)")
+    parser.add_argument("--handover-every", type=int, default=0, metavar="K",
+                        help="steady levels: every K-th genuine call hands the phone over (0: none)")
+    parser.add_argument("--handover-at-s", type=float, default=20.0, help="seconds into a call of the hand-over")
     parser.add_argument("--out", type=Path, help="default results/service.json (ecapa) or service-MODEL.json")
     args = parser.parse_args()
     out: Path = args.out or RESULTS / ("service.json" if args.model == "ecapa" else f"service-{args.model}.json")
@@ -400,8 +460,12 @@ def main() -> None:
             if args.steady:
                 report["steady"] = {"call_s": args.steady_call_s, "window_s": args.steady_window_s, "levels": {}}
                 for n in args.steady:
-                    calls = make_calls(speakers, 3 * n, args.steady_call_s, seed=2)
-                    result = asyncio.run(steady(service, calls, n, args.steady_call_s, args.steady_window_s))
+                    calls, handovers = make_calls(speakers, 3 * n, args.steady_call_s, seed=2), {}
+                    if args.handover_every:
+                        calls, handovers = with_handovers(calls, speakers, args.handover_every, args.handover_at_s,
+                                                          args.steady_call_s)
+                    result = asyncio.run(steady(service, calls, n, args.steady_call_s, args.steady_window_s,
+                                                handovers=handovers))
                     report["steady"]["levels"][str(n)] = result  # type: ignore[index]
                     print(f"steady N={n}: {json.dumps(result)}", flush=True)
             if args.soak_calls or args.soak_verifies:
