@@ -271,6 +271,22 @@ def test_worker_exception_surfaces_as_error(tmp_path: Path, consent_record: Cons
         va.close()
 
 
+def test_a_front_end_failing_as_the_call_closes_still_ends_the_call(va: VoiceAuth) -> None:
+    """The last segment is cut when the call closes; if that fails, the call ends in ERROR (fail
+    closed) and its final result still comes, instead of the call waiting for ever to be flushed."""
+    call = va.start_call("cust-1")
+    stream(call, synth(4))
+
+    def broken() -> list:  # type: ignore[type-arg]
+        raise RuntimeError("segmenter crashed")
+
+    call._segmenter.flush = broken  # type: ignore[method-assign]
+    call.close()
+    result = call.result(wait=10)
+    assert result.closed and result.status is CallStatus.ERROR
+    assert "segmenter crashed" in (result.error or "")
+
+
 def test_unknown_and_opted_out_customers(va: VoiceAuth) -> None:
     fired = threading.Event()
     threads: list[str] = []

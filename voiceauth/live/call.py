@@ -212,8 +212,10 @@ class CallSession:
                 if len(kept.voiced):  # timed from the batch's oldest frame: latency never understated
                     self._push_segments(self._segmenter.push(kept, batch[0][2]))
             if self._closed and not self._flushed and not self._inbox:
-                self._push_segments(self._segmenter.flush())
-                self._flushed = True  # after the last segment is queued: no worker finishes the call before it
+                try:
+                    self._push_segments(self._segmenter.flush())
+                finally:  # after the last segment is queued: no worker finishes the call before it
+                    self._flushed = True
             self._queue_spoof_if_due(schedule=True)
         with self._lock:
             ready = bool(self._segments) and not self._in_flight and not self._queued_for_embedding
