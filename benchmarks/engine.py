@@ -47,6 +47,7 @@ on 1 thread each (a service's pool), or one process making 2 calls at once on 1 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -324,30 +325,26 @@ def as_normed(engines: Engines, system: str, channel: str, split: Pool, voicepri
     """``raw`` AS-normalised as voiceauth scores a new deployment's trials: against the public cohort
     shipped for the model and channel (clean or phone), less the rows of speakers among this split's
     impostors (the cohort and the impostors are both drawn from train-clean)."""
-    from voiceauth.scoring.normalisation import COHORT_TOP_N, symmetric_z, top_stats
+    from voiceauth.scoring.normalisation import as_norm_many
     from voiceauth.services.cohort import public_cohort
 
     cohort_channel = "phone" if channel in PHONE_CHANNELS else "clean"
     cohort = public_cohort(engines.onnx[system].model_id, cohort_channel)
     assert cohort is not None, f"no public cohort ships for {system}"
     impostor_speakers = {p.name.split("-")[0] for p in split.impostors}
-    keep = [i for i, speaker in enumerate(cohort_speakers(system)) if speaker not in impostor_speakers]
-    cohort = cohort[keep]
-    speakers, files = list(voiceprint), list(tested)
-    enrol = top_stats(cohort @ np.stack([voiceprint[s] for s in speakers], axis=1), COHORT_TOP_N)
-    test = top_stats(cohort @ np.stack([tested[p][system] for p in files], axis=1), COHORT_TOP_N)
-    row = {s: i for i, s in enumerate(speakers)}
-    column = {p: i for i, p in enumerate(files)}
-    e = np.array([row[s] for s, _ in trials])
-    t = np.array([column[p] for _, p in trials])
-    return np.asarray(symmetric_z(raw, (enrol[0][e], enrol[1][e]), (test[0][t], test[1][t])), dtype=np.float64)
+    cohort = cohort[[i for i, s in enumerate(cohort_speakers(system)) if s not in impostor_speakers]]
+    enrol = np.stack([voiceprint[s] for s, _ in trials])
+    tests = np.stack([tested[p][system] for _, p in trials])
+    return as_norm_many(raw, enrol, tests, cohort)
 
 
-def cohort_speakers(system: str) -> list[str]:
-    """The LibriSpeech speaker of each row of the shipped public cohort (its manifest)."""
+@functools.cache
+def cohort_speakers(system: str) -> tuple[str, ...]:
+    """The LibriSpeech speaker of each row of the shipped public cohort (its manifest, read once)."""
     from importlib import resources
 
-    return json.loads(resources.files("voiceauth.data").joinpath(f"cohort_{system}.json").read_text())["speakers"]
+    manifest = json.loads(resources.files("voiceauth.data").joinpath(f"cohort_{system}.json").read_text())
+    return tuple(manifest["speakers"])
 
 
 def systems(engines: Engines | None = None) -> tuple[str, ...]:

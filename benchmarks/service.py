@@ -63,6 +63,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 RESULTS = ROOT / "benchmarks" / "results"
 LIBRI = ROOT.parent / "shared" / "corpora" / "librispeech-samples"
+FRAME_S = 0.02
+"""One streamed frame: 160 mu-law samples at 8 kHz."""
 
 from test_serve_support import request, statuses, twilio_call, wav_bytes  # noqa: E402
 
@@ -353,6 +355,7 @@ def with_handovers(calls: list, speakers: dict[str, list[Path]], every: int, at_
     speaker, the rest from the next speaker (never enrolled under the claimed id)."""
     ids = sorted(speakers)
     out, handovers, seen = list(calls), {}, 0
+    tails: dict[str, list[bytes]] = {}
     for k, (claimed, frames, genuine) in enumerate(calls):
         if not genuine:
             continue
@@ -360,8 +363,9 @@ def with_handovers(calls: list, speakers: dict[str, list[Path]], every: int, at_
         if seen % every:
             continue
         other = ids[(ids.index(claimed) + 1) % len(ids)]
-        cut = int(at_s / 0.02)
-        out[k] = (claimed, frames[:cut] + frames_of(speakers[other][3:], seconds - at_s), True)
+        if other not in tails:
+            tails[other] = frames_of(speakers[other][3:], seconds - at_s)
+        out[k] = (claimed, frames[: int(at_s / FRAME_S)] + tails[other], True)
         handovers[k] = at_s
     return out, handovers
 

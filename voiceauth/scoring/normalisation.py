@@ -38,6 +38,15 @@ def as_norm(raw: float, enrol: np.ndarray, test: np.ndarray, cohort: np.ndarray,
     return float(symmetric_z(raw, (enrol_mean, enrol_std), (test_mean, test_std)))
 
 
+def as_norm_many(raw: np.ndarray, enrol: np.ndarray, tests: np.ndarray, cohort: np.ndarray,
+                 top_n: int = COHORT_TOP_N) -> np.ndarray:
+    """AS-norm of many trials at once: ``raw[i]`` is the score of ``enrol[i]`` against ``tests[i]``
+    (rows), each side compared with ``cohort`` (rows) as :func:`as_norm` does."""
+    enrol_stats = top_stats(matmul(cohort, enrol.T), top_n)
+    test_stats = top_stats(matmul(cohort, tests.T), top_n)
+    return np.asarray(symmetric_z(raw, enrol_stats, test_stats), dtype=np.float64)
+
+
 Stats = tuple[np.ndarray | float, np.ndarray | float]
 """(mean, standard deviation) of one side's top cohort scores."""
 

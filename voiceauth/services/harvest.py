@@ -31,7 +31,7 @@ import numpy as np
 from voiceauth.audio.decode import MODEL_RATE
 from voiceauth.embedding.base import l2_normalise
 from voiceauth.errors import StoreError, VoiceAuthError
-from voiceauth.scoring.normalisation import MIN_COHORT, Normalisation, symmetric_z, top_stats
+from voiceauth.scoring.normalisation import MIN_COHORT, Normalisation, as_norm_many
 from voiceauth.store.trials import Trial, TrialKind, TrialStore
 
 if TYPE_CHECKING:
@@ -66,13 +66,6 @@ def channel_tag(value: str | None) -> str:
 def trial_store(services: Any) -> TrialStore | None:
     store = services.store
     return store if isinstance(store, TrialStore) else None
-
-
-def _as_norm_scores(raw: np.ndarray, enrol: np.ndarray, tests: np.ndarray, cohort: np.ndarray) -> np.ndarray:
-    """AS-norm of ``raw[i] = enrol[i] . tests[i]`` against ``cohort`` (rows), many trials at once."""
-    (e_mean, e_std) = top_stats(cohort @ enrol.T)
-    (t_mean, t_std) = top_stats(cohort @ tests.T)
-    return np.asarray(symmetric_z(raw, (e_mean, e_std), (t_mean, t_std)), dtype=np.float64)
 
 
 class Harvester:
@@ -138,7 +131,7 @@ class Harvester:
             idx = np.array([i for i, _ in enrol_sides])
             sides = np.stack([s for _, s in enrol_sides])
             raw = np.einsum("ij,ij->i", sides, emb[idx])
-            normed = _as_norm_scores(raw, sides, emb[idx], cohort) if use_norm else None
+            normed = as_norm_many(raw, sides, emb[idx], cohort) if use_norm else None
             for n, i in enumerate(idx):
                 trials.append(Trial(new_trial_id(), TrialKind.ENROL_GENUINE, model_id, channel, kind.value,
                                     float(raw[n]), None if normed is None else float(normed[n]), float(secs[i]),
@@ -151,7 +144,7 @@ class Harvester:
                 normed_ij = None
                 if use_norm and len(cohort) - 1 >= MIN_COHORT:
                     rest = np.delete(cohort, j, axis=0)
-                    normed_ij = float(_as_norm_scores(np.array([raw_ij]), cohort[j][None], emb[i][None], rest)[0])
+                    normed_ij = float(as_norm_many(np.array([raw_ij]), cohort[j][None], emb[i][None], rest)[0])
                 trials.append(Trial(new_trial_id(), TrialKind.ENROL_IMPOSTOR, model_id, channel,
                                     kind.value if normed_ij is not None or not use_norm else Normalisation.RAW.value,
                                     raw_ij, normed_ij, float(secs[i]), label=False, source="enrolment",
