@@ -190,9 +190,15 @@ def test_channel_tags_are_short_words(va: VoiceAuth) -> None:
         va.verify("cust-1", voice(1, 4.0, 5), sample_rate=16000, channel_tag="ivr 8k; DROP TABLE")
 
 
-def stream_call(va: VoiceAuth, customer_id: str, x: np.ndarray) -> CallResult:
+def live_pool(va: VoiceAuth) -> SessionPool:
+    """A fresh live pool for ``va`` without the spoof check (the stand-in voices are not speech)."""
     va._sessions = SessionPool(va.services, SessionSettings(reap_interval_s=0.05, spoof_check=False),
                                watchlist=va.watchlist)
+    return va._sessions
+
+
+def stream_call(va: VoiceAuth, customer_id: str, x: np.ndarray) -> CallResult:
+    live_pool(va)
     codes = mulaw_encode(x)
     with va.start_call(customer_id, channel_tag="ivr-8k") as call:
         for i in range(0, len(codes) - 160 + 1, 160):
@@ -230,8 +236,7 @@ def test_the_segment_cut_at_close_is_scored_before_the_call_finishes(va: VoiceAu
     must not finish the call first: the last segment is scored, the trial holds the final score
     (was: the call looked flushed with the last segment not yet queued; its trial missed that
     segment's score, or the segment was dropped unscored)."""
-    va._sessions = pool = SessionPool(va.services, SessionSettings(reap_interval_s=0.05, spoof_check=False),
-                                      watchlist=va.watchlist)
+    pool = live_pool(va)
     codes = mulaw_encode(voice(4, 8.0, 11, rate=8000))
     call = va.start_call("cust-4", channel_tag="ivr-8k")
     cut: list[float] = []
