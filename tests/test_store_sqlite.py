@@ -422,6 +422,44 @@ def test_processes_creating_store_and_key_at_once(tmp_path: Path, db: Path, key_
         assert store.integrity_check()
 
 
+class _CommitAfterFirstRead(sqlite3.Connection):
+    """A read-only connection that lets another process finish creating the store right after
+    its first statement, as a concurrent first open can."""
+
+    other_open: Any = None
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
+        cursor = super().execute(sql, *args)
+        hook, type(self).other_open = type(self).other_open, None
+        if hook is not None:
+            hook()
+        return cursor
+
+
+def test_store_created_by_another_process_during_the_identity_check_is_recognised(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CI failure on 88a71bb: the identity check read the application id and the table count
+    in two read transactions; another process's first open committed between them, so a new
+    voiceauth store looked like another application's database."""
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"  # what a first open does first
+    con.close()
+    real_connect = sqlite3.connect
+
+    def connect(target: Any, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        if "mode=ro" in str(target):
+            kwargs["factory"] = _CommitAfterFirstRead
+        return real_connect(target, *args, **kwargs)
+
+    _CommitAfterFirstRead.other_open = lambda: SQLiteStore(db).close()
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with SQLiteStore(db) as store:
+        put(store, "after-race", 7)
+        assert seed_of(store, "after-race") == 7
+    assert _CommitAfterFirstRead.other_open is None  # the other open did run inside the check
+
+
 # -- crashes: SIGKILL in the middle of writes -------------------------------------------------------------
 
 

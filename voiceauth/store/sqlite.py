@@ -154,8 +154,12 @@ class SQLiteStore(SQLStore):
         try:
             con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
             try:
-                app = con.execute("PRAGMA application_id").fetchone()[0]
-                tables = con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                # one statement, so one snapshot: a first open by another process may commit
+                # between two reads, leaving its tables without (yet, as seen) its application id
+                app, tables = con.execute(
+                    "SELECT (SELECT application_id FROM pragma_application_id),"
+                    " (SELECT count(*) FROM sqlite_master)"
+                ).fetchone()
             finally:
                 con.close()
         except sqlite3.DatabaseError as exc:
