@@ -69,11 +69,15 @@ def shadow_status(to_model: str, model: str, store: str, model_dir: str | None, 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--model-dir", type=click.Path(file_okay=False), envvar="VOICEAUTH_MODEL_DIR")
-def demo(as_json: bool, model_dir: str | None) -> None:
+@click.option("--target-far", type=float,
+              help="False-accept target of the demo's decisions [default: 0.001, so that about 0.4 of its ~400 "
+                   "impostor attempts are expected to pass; the library's default policy is 0.01]")
+def demo(as_json: bool, model_dir: str | None, target_far: float | None) -> None:
     """Enrol 9 speakers of a public council meeting and verify them in other meetings."""
-    from voiceauth.tools.demo import run_demo
+    from voiceauth.tools.demo import DEMO_TARGET_FAR, run_demo
 
-    report = run_demo(model_dir=model_dir, progress=not as_json)
+    report = run_demo(model_dir=model_dir, progress=not as_json,
+                      target_far=DEMO_TARGET_FAR if target_far is None else target_far)
     emit(as_json, report.to_dict(), report.table())
 
 
