@@ -68,6 +68,10 @@ def test_shipped_calibration_misstates_far_in_domain_and_the_refit_holds_on_held
     after = policy.thresholds(cal)
     far_after = float((np.asarray(cal.llr(scores[~labels], speech[~labels])) >= after.accept_llr).mean())
     assert after.expected_far_interval.low <= far_after <= after.expected_far_interval.high
+    # where it decides alone: the speech of the trials it was fitted on (the kept base one is not the refit's)
+    assert fit.speech_ranges == {"raw": cal.durations_s} and fit.report()["speech_s_ranges"] == {
+        "raw": list(cal.durations_s)}
+    assert f"raw: decides alone on {cal.durations_s[0]:g}-{cal.durations_s[1]:g} s" in fit.describe()
 
 
 def claimed(n: int, mean: float, seed: int) -> list[Trial]:

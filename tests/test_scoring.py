@@ -138,3 +138,54 @@ def test_only_ecapa_ships_a_calibration() -> None:
     assert shipped is not None and shipped.model_id == ECAPA.model_id
     assert set(shipped.by_normalisation) == {Normalisation.RAW, Normalisation.AS_NORM}
     assert shipped_calibration(CAMPPLUS.model_id) is None and shipped_calibration("another/model@0") is None
+
+
+def _probe_with_score(score: float) -> tuple[np.ndarray, np.ndarray]:
+    """A unit voiceprint and a unit probe whose cosine is ``score``."""
+    enrol, test = np.zeros(8), np.zeros(8)
+    enrol[0] = test[0] = 1.0
+    test[0], test[1] = score, np.sqrt(1.0 - score**2)
+    return enrol, test
+
+
+def test_a_store_calibration_accepts_beyond_its_speech_durations_only_with_the_base_agreeing() -> None:
+    """Issue 16's long-call shift: a refit on the bank's short calls (3-4 s of speech) stated 0.93 %
+    FAR; on 6-20 s calls 4.5 % of impostors passed (their cosine rises with more speech on one
+    channel, and the refit never saw it). Beyond the speech it was fitted on, a store calibration's
+    evidence now counts only as far as the base calibration, which measured such speech, agrees."""
+    from types import SimpleNamespace
+
+    from voiceauth.services.recalibrate import StoreCalibration, install_store_calibrations
+
+    rng = np.random.default_rng(7)
+    n = 3000
+    short = rng.uniform(3.0, 4.0, n)
+    labels = rng.random(n) < 0.3
+    refit = Calibration.fit(np.where(labels, 0.65, 0.15) + rng.normal(0, 0.1, n), labels, short)
+    long_ = rng.uniform(3.0, 30.0, n)  # the base saw long speech, where impostors score higher
+    base = Calibration.fit(np.where(labels, 0.75, 0.15 + 0.015 * long_) + rng.normal(0, 0.08, n), labels, long_)
+    policy = Policy(target_far=0.01)
+    services = SimpleNamespace(embedder=SimpleNamespace(model_id="m"), policy=policy,
+                               base_calibration=CalibrationSet("m", {Normalisation.RAW: base}))
+    install_store_calibrations(services, {"phone": StoreCalibration(1, CalibrationSet("m", {Normalisation.RAW: refit}),
+                                                                    {})})
+    scorer = services.channel_scorers["phone"]
+    th, th_base = scorer.thresholds(Normalisation.RAW), policy.thresholds(base)
+    grid = np.linspace(0.0, 0.95, 400)
+    refit_accepts = np.asarray(refit.llr(grid, 20.0)) >= th.accept_llr
+    base_accepts = np.asarray(base.llr(grid, 20.0)) >= th_base.accept_llr
+    disputed = grid[refit_accepts & ~base_accepts]
+    agreed = grid[refit_accepts & base_accepts]
+    assert len(disputed) and len(agreed)  # the two calibrations disagree on some 20 s scores
+
+    def llr(score: float, speech_s: float) -> float:
+        return scorer.score(*_probe_with_score(score), speech_s, None).llr
+
+    s = float(disputed[len(disputed) // 2])
+    assert llr(s, 20.0) < th.accept_llr  # beyond 4 s of speech: not accepted on the refit alone
+    assert llr(s, 3.5) == pytest.approx(float(refit.llr(s, 3.5)))  # within its speech: the refit alone
+    assert llr(float(agreed[0]), 20.0) >= th.accept_llr  # both agree: accepted
+    low = float(grid[np.asarray(refit.llr(grid, 20.0)) < th.reject_llr][-1])
+    assert llr(low, 20.0) == pytest.approx(float(refit.llr(low, 20.0)))  # a reject stays the refit's
+    between = float(disputed[0])
+    assert llr(between, 20.0) >= th.reject_llr  # the base never turns a call into a reject

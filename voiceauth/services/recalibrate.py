@@ -25,6 +25,12 @@ when the held-out rate's own exact interval does not even meet the stated one (t
 part is small: a rate just outside by chance is no evidence), and a failed check is stored but
 not activated unless forced. The version activated is refitted on all trials. Versions are kept
 in the store, audited, and any older one can be activated again (rollback); deactivating all returns to the shipped one.
+
+A refit decides alone only on as much net speech as its trials had (``Refit.speech_ranges``): on
+shorter or longer speech its LLR counts only as far as the base calibration (the one the client
+was given, else the shipped one) agrees (:meth:`voiceauth.scoring.scorer.Scorer.score`). A bank
+whose refit saw only short calls would otherwise state its FAR for long calls too, where it does
+not hold (``benchmarks/bank_simulation.py``).
 """
 
 from __future__ import annotations
@@ -107,9 +113,19 @@ class Refit:
             c["far_consistent"] and c["frr_consistent"] and c.get("claimed_consistent") is not False
             for c in self.checks.values())
 
+    @property
+    def speech_ranges(self) -> dict[str, tuple[float, float]]:
+        """Net speech (s) of the bank's trials each refitted calibration was fitted on: where it decides alone
+        (:meth:`voiceauth.scoring.scorer.Scorer.score`)."""
+        if self.calibrations is None:
+            return {}
+        return {kind.value: cal.durations_s for kind, cal in self.calibrations.by_normalisation.items()
+                if kind.value not in self.kept_from_base}
+
     def report(self) -> dict[str, Any]:
         raw = self.checks.get(Normalisation.RAW.value, {})
         return {"channel": self.channel, "counts": self.counts, "held_out_checks": self.checks,
+                "speech_s_ranges": {k: list(v) for k, v in self.speech_ranges.items()},
                 "kept_from_base": self.kept_from_base, "call_margins": self.call_margins,
                 "margin_fits": {kind: m.as_dict() for kind, m in self.margins.items()},
                 "summary": {"passed": self.passed, "genuine": self.counts.get("raw", {}).get("genuine", 0),
@@ -133,6 +149,9 @@ class Refit:
                     + f" the stated {c['stated_claimed_far']:.2%} ({c['stated_claimed_far_interval'][0]:.2%}-"
                     f"{c['stated_claimed_far_interval'][1]:.2%})")
         lines += [m.describe() for m in self.margins.values()]
+        for kind, (low, high) in self.speech_ranges.items():
+            lines.append(f"{kind}: decides alone on {low:g}-{high:g} s of net speech (its trials); on shorter or "
+                         "longer speech it accepts only where the base calibration agrees")
         for kind in self.kept_from_base:
             lines.append(f"{kind}: too few in-domain trials; kept the base calibration")
         return "\n".join(lines)
@@ -268,12 +287,14 @@ def install_store_calibrations(services: Any, in_store: dict[str, StoreCalibrati
     model_id = services.embedder.model_id
     if in_store is None:
         in_store = store_calibrations(services.store, model_id)
+    base = services.base_calibration if services.base_calibration is not None else shipped_calibration(model_id)
     if reload:
-        base = services.base_calibration
-        default = (in_store[""].calibrations if "" in in_store else base if base is not None
-                   else shipped_calibration(model_id))
-        services.scorer = Scorer(default, services.policy, missing=missing_calibration(model_id))
-    services.channel_scorers = {tag: Scorer(s.calibrations, services.policy) for tag, s in in_store.items() if tag}
+        default = in_store[""].calibrations if "" in in_store else base
+        services.scorer = Scorer(default, services.policy, missing=missing_calibration(model_id),
+                                 beyond=base if "" in in_store else None)
+    # a store calibration speaks alone only for the speech durations of the bank's trials it was fitted on
+    services.channel_scorers = {tag: Scorer(s.calibrations, services.policy, beyond=base)
+                                for tag, s in in_store.items() if tag}
     services.calibration_versions = {tag: s.version for tag, s in in_store.items()}
     services.call_margins = {tag: s.call_margins for tag, s in in_store.items() if s.call_margins}
 
