@@ -189,3 +189,24 @@ def test_a_store_calibration_accepts_beyond_its_speech_durations_only_with_the_b
     assert llr(low, 20.0) == pytest.approx(float(refit.llr(low, 20.0)))  # a reject stays the refit's
     between = float(disputed[0])
     assert llr(between, 20.0) >= th.reject_llr  # the base never turns a call into a reject
+
+
+def test_beyond_its_speech_a_store_calibration_accepts_nothing_when_the_base_cannot_meet_the_policy() -> None:
+    """A bank's refit can support a stricter target than the base (more impostor trials): outside
+    the refit's speech the base then agrees to no accept, and scoring does not fail either."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    labels = rng.random(n) < 0.2
+    refit = Calibration.fit(np.where(labels, 0.7, 0.1) + rng.normal(0, 0.1, n), labels, rng.uniform(3.0, 4.0, n))
+    small = rng.random(400) < 0.5  # 200 impostor trials: no threshold at target_far=0.001
+    base = Calibration.fit(np.where(small, 0.7, 0.1) + rng.normal(0, 0.1, 400), small, rng.uniform(3.0, 30.0, 400))
+    policy = Policy(target_far=0.001)
+    with pytest.raises(CalibrationError):
+        policy.thresholds(base)
+    scorer = Scorer(CalibrationSet("m", {Normalisation.RAW: refit}), policy,
+                    beyond=CalibrationSet("m", {Normalisation.RAW: base}))
+    th = scorer.thresholds(Normalisation.RAW)
+    enrol, test = _probe_with_score(0.9)
+    assert scorer.score(enrol, test, 3.5, None).llr >= th.accept_llr
+    beyond = scorer.score(enrol, test, 20.0, None).llr
+    assert th.reject_llr <= beyond < th.accept_llr

@@ -9,6 +9,7 @@ Thresholds and the decision itself live in :mod:`voiceauth.decision`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,7 +99,10 @@ class Scorer:
             return llr
         other = self._beyond.get(kind)
         if kind not in self._beyond_accept:
-            self._beyond_accept[kind] = self.policy.thresholds(other).accept_llr
+            try:
+                self._beyond_accept[kind] = self.policy.thresholds(other).accept_llr
+            except CalibrationError:  # it cannot place the policy's threshold: it agrees to no accept
+                self._beyond_accept[kind] = math.inf
         moved = float(other.llr(value, speech_s)) - self._beyond_accept[kind] + th.accept_llr
         return min(llr, max(moved, th.reject_llr))
 
