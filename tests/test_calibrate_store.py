@@ -211,6 +211,28 @@ def test_drift_levels() -> None:
     assert few.psi is None and "unknown" in few.describe()
 
 
+def test_health_counts_decisions_on_speech_the_calibration_never_saw() -> None:
+    """The long-call shift shows in no score histogram: health counts the verifications and calls whose
+    net speech lies outside the durations of the calibration's trials."""
+    from voiceauth.services.recalibrate import drift_report
+
+    fit = refit(in_domain(400, 3000, seed=1), Policy(target_far=0.01), MODEL, default_calibration(), channel="ivr-8k")
+    assert fit.calibrations is not None
+    low, high = fit.calibrations.get(Normalisation.RAW).durations_s
+    assert (low, high) == pytest.approx((2.0, 12.0), abs=0.05)
+    calls = [Trial(f"t-d{i:020x}", TrialKind.CALL, MODEL, "ivr-8k", "raw", 0.7, None, s, day=1_000_000.0)
+             for i, s in enumerate([1.0, 3.0, 5.0, 11.0, 20.0, 35.0])]
+
+    class Recent:
+        def trials(self, **_: object) -> list[Trial]:
+            return calls
+
+    speech = drift_report(Recent(), fit.calibrations, MODEL, now=1_000_000.0)["by"]["raw"]["speech"]  # type: ignore[arg-type]
+    assert (speech["decisions"], speech["shorter"], speech["longer"]) == (6, 1, 2)
+    assert speech["outside"] == 0.5 and "3 of 6 recent verifications and calls (50%)" in speech["text"]
+    assert "refit once the store holds labelled calls of those lengths" in speech["text"]
+
+
 @pytest.mark.parametrize("target_far", [0.001, 0.01, 0.05])
 @pytest.mark.parametrize("max_false_reject", [0.02, 0.2, 0.5])
 def test_no_reject_on_evidence_that_favours_the_claim(target_far: float, max_false_reject: float) -> None:

@@ -306,7 +306,12 @@ def drift_report(store: TrialStore, calibrations: CalibrationSet, model_id: str,
 
     * ``impostor``: enrolment impostor trials vs the calibration's impostor trials;
     * ``genuine``: labelled genuine trials (enrolments, reported outcomes) vs its genuine trials;
-    * ``traffic``: verifications and calls (most callers are who they claim) vs its genuine trials.
+    * ``traffic``: verifications and calls (most callers are who they claim) vs its genuine trials;
+
+    and ``speech``: the share of those verifications and calls whose net speech lies outside the
+    durations the calibration's trials had (where a store calibration does not decide alone, and
+    any calibration takes the speech at its nearest trial's duration): calls longer than a refit
+    saw are a shift no score histogram shows.
     """
     import time
 
@@ -326,7 +331,23 @@ def drift_report(store: TrialStore, calibrations: CalibrationSet, model_id: str,
             "traffic": (ref_g, col([t for t in recent if t.kind in (TrialKind.VERIFY, TrialKind.CALL)])),
         }
         out["by"][kind.value] = {name: _drift_dict(ref, new) for name, (ref, new) in groups.items()}
+        out["by"][kind.value]["speech"] = _speech_outside(cal, [t for t in recent if t.kind in CLAIMS
+                                                                and t.normalisation == kind.value])
     return out
+
+
+def _speech_outside(calibration: Calibration, rows: Sequence[Trial]) -> dict[str, Any]:
+    """How many of ``rows`` had net speech outside the calibration's trials' durations, in numbers and words."""
+    low, high = calibration.durations_s
+    speech = np.array([t.speech_s for t in rows], dtype=np.float64)
+    shorter, longer = int((speech < low).sum()), int((speech > high).sum())
+    share = (shorter + longer) / len(speech) if len(speech) else 0.0
+    text = (f"{shorter + longer} of {len(speech)} recent verifications and calls ({share:.0%}) had net speech "
+            f"outside the {low:g}-{high:g} s its trials had ({shorter} shorter, {longer} longer)")
+    if shorter + longer:
+        text += "; refit once the store holds labelled calls of those lengths"
+    return {"range_s": [low, high], "decisions": len(speech), "shorter": shorter, "longer": longer,
+            "outside": round(share, 4), "text": text}
 
 
 def _drift_dict(ref: np.ndarray, new: np.ndarray) -> dict[str, Any]:
