@@ -49,11 +49,13 @@ def test_demo_target_can_be_chosen(captured: dict[str, Any]) -> None:
     assert captured["policy"].target_far == 0.01
 
 
-def test_demo_rejects_an_impossible_target_before_any_work(captured: dict[str, Any],
+def test_demo_rejects_an_impossible_target_before_any_work(captured: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    fetched: list[bool] = []
+    monkeypatch.setattr(demo, "meeting_speech", lambda: fetched.append(True) or [])
     assert main(["demo", "--target-far", "2"]) == EXIT_ERROR
     assert "target_far" in capsys.readouterr().err
-    assert captured == {}  # no client opened, no model loaded
+    assert captured == {} and fetched == []  # nothing downloaded, no client opened, no model loaded
 
 
 def test_demo_report_states_the_false_accepts_it_expects() -> None:

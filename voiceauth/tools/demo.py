@@ -115,13 +115,13 @@ def run_demo(model_dir: str | None = None, progress: bool = True, target_far: fl
     from voiceauth.store.crypto import KeyRing
     from voiceauth.store.sqlite import SQLiteStore
 
+    policy = Policy(target_far=target_far)  # a bad target fails here, before any download or model work
     by_meeting = meetings(meeting_speech())
     enrol_in = enrolment_meeting(by_meeting)
     speakers = sorted(by_meeting[enrol_in])
     consent = Consent.now(channel="demo", notice_version="demo", captured_by="voiceauth-demo")
     tests = [(spk, wav) for m, spk_files in sorted(by_meeting.items()) if m != enrol_in
              for spk, files in sorted(spk_files.items()) if spk in speakers for wav in files]
-    policy = Policy(target_far=target_far)  # a bad target fails here, before any model work
     report = DemoReport(enrol_in, speakers, target_far, per_speaker={s: Tally() for s in speakers})
     with tempfile.TemporaryDirectory(prefix="voiceauth-demo-") as tmp:
         store = SQLiteStore(Path(tmp) / "demo.db", keyring=KeyRing.ephemeral())
