@@ -265,7 +265,8 @@ async def level(service: Service, calls: list[tuple[str, list[bytes], bool]], pa
 
 
 async def steady(service: Service, calls: list[tuple[str, list[bytes], bool]], n: int, seconds: float,
-                 measure_s: float, pace: float = 0.02, handovers: dict[int, float] | None = None) -> dict[str, object]:
+                 measure_s: float, pace: float = FRAME_S,
+                 handovers: dict[int, float] | None = None) -> dict[str, object]:
     """``n`` call slots, each running calls back to back; slot ``i``'s first call joins ``i * seconds / n``
     seconds in, so the calls are at every stage at once, as in a contact centre. Measured over
     ``measure_s`` once every slot is busy: latency (histogram deltas), CPU, and every call that
@@ -458,7 +459,7 @@ def main() -> None:
             rss_ready = service.stats.rss_mb()
             report["server_rss_mb_after_enrolment"] = round(rss_ready, 0)
             for n in [1, *args.levels]:
-                result = asyncio.run(level(service, make_calls(speakers, n, args.seconds), 0.02, args.stagger))
+                result = asyncio.run(level(service, make_calls(speakers, n, args.seconds), FRAME_S, args.stagger))
                 report["levels"][str(n)] = result  # type: ignore[index]
                 print(f"N={n}: {json.dumps(result)}", flush=True)
             if args.steady:

@@ -187,8 +187,10 @@ def test_a_store_calibration_accepts_beyond_its_speech_durations_only_with_the_b
     assert llr(float(agreed[0]), 20.0) >= th.accept_llr  # both agree: accepted
     low = float(grid[np.asarray(refit.llr(grid, 20.0)) < th.reject_llr][-1])
     assert llr(low, 20.0) == pytest.approx(float(refit.llr(low, 20.0)))  # a reject stays the refit's
-    between = float(disputed[0])
-    assert llr(between, 20.0) >= th.reject_llr  # the base never turns a call into a reject
+    moved = np.asarray(base.llr(grid, 20.0)) - th_base.accept_llr + th.accept_llr
+    doubted = grid[(np.asarray(refit.llr(grid, 20.0)) >= th.reject_llr) & (moved < th.reject_llr)]
+    assert len(doubted)  # the base alone would reject these; the refit does not
+    assert llr(float(doubted[-1]), 20.0) == pytest.approx(th.reject_llr)  # held at the reject line, not under it
 
 
 def test_beyond_its_speech_a_store_calibration_accepts_nothing_when_the_base_cannot_meet_the_policy() -> None:
