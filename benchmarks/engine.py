@@ -3,6 +3,7 @@
     python benchmarks/engine.py          # writes results/engine.json, engine.md and engine.png
     python benchmarks/engine.py --quick  # clean channel only, fewer impostors (a smoke run)
     python benchmarks/engine.py --speed-only  # re-measure only the speed part into engine.json
+    python benchmarks/engine.py --no-speed --scores-out S.npz  # trial scores for engine_cascade.py
 
 About 30 minutes on 2 idle cores (accuracy part on 1 thread). The speed part runs first and
 needs the machine to itself; ``--speed-only`` re-measures it alone.
@@ -285,9 +286,11 @@ def embeddings(engines: Engines, files: Sequence[Path], channel: str, test_s: fl
     return out
 
 
-def score_condition(engines: Engines, splits: Sequence[Pool], name: str, cache: Cache) -> dict[str, object]:
+def score_condition(engines: Engines, splits: Sequence[Pool], name: str, cache: Cache,
+                    keep: dict[str, np.ndarray] | None = None) -> dict[str, object]:
     """EER and minDCF(0.01) of every system on one condition, on the trials of all ``splits`` pooled
-    (``splits``: the condition's corpus, one split per enrolment fold)."""
+    (``splits``: the condition's corpus, one split per enrolment fold). ``keep``, if given, receives
+    every system's trial scores and the labels (``<condition>/<system>``, ``<condition>/truth``)."""
     channel, test_s = parse_condition(name)
     labels: list[np.ndarray] = []
     parts: dict[str, list[np.ndarray]] = {system: [] for system in systems(engines)}
@@ -313,6 +316,9 @@ def score_condition(engines: Engines, splits: Sequence[Pool], name: str, cache: 
                               "folds": len(splits)}
     scores = {system: np.concatenate(values) for system, values in parts.items() if values}
     scores["fusion"] = (scores["ecapa"] + scores["campplus"]) / 2.0
+    if keep is not None:
+        keep[f"{name}/truth"] = truth
+        keep |= {f"{name}/{system}": values.astype(np.float32) for system, values in scores.items()}
     for system in systems(engines):
         m = compute_metrics(scores[system], truth)
         out[system] = {"eer": round(m.eer, 5), "min_dcf_0.01": round(m.min_dcf_01, 4)}
@@ -604,6 +610,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conditions", help="comma-separated subset of the conditions (default: all)")
     parser.add_argument("--speed-only", action="store_true",
                         help="re-measure only the speed part (e.g. on an idle machine) into the existing engine.json")
+    parser.add_argument("--no-speed", action="store_true",
+                        help="skip the speed part (accuracy only; results/engine.* are left as they are: "
+                             "use it with --scores-out)")
+    parser.add_argument("--scores-out", type=Path,
+                        help="also write every condition's trial scores and labels to this .npz (for analysis)")
     args = parser.parse_args(argv)
     if args.speed_only:
         return speed_only()
@@ -618,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     meeting = meeting_pool() if any(c.startswith("meet-") for c in names) else None
     skipped = {c: "SoX cannot encode this codec here (apt-get install sox libsox-fmt-all)"
                for c in names if parse_condition(c)[0] in SOX_CODECS and not sox_codec_available(parse_condition(c)[0])}
-    speeds = speed(segments([p for f in split.tests.values() for p in f], 16))
+    speeds = {} if args.no_speed else speed(segments([p for f in split.tests.values() for p in f], 16))
     engines = Engines(args.threads)
     engines.spliced = args.spliced
     result: dict[str, object] = {
@@ -633,11 +644,14 @@ def main(argv: list[str] | None = None) -> int:
         "speed_3s_segments": speeds,
     }
     cache: Cache = {}
+    kept: dict[str, np.ndarray] | None = {} if args.scores_out else None
     conditions: dict[str, dict[str, object]] = {}
     for name in (c for c in names if c not in skipped):
         t0 = time.time()
         corpus = [meeting] if name.startswith("meet-") and meeting is not None else splits
-        conditions[name] = score_condition(engines, corpus, name, cache)
+        conditions[name] = score_condition(engines, corpus, name, cache, kept)
+        if args.scores_out and kept is not None:
+            np.savez_compressed(args.scores_out, **kept)
         print(f"{name}: {time.time() - t0:.0f} s " + ", ".join(
             f"{s} {100 * conditions[name][s]['eer']:.2f}%" for s in systems(engines)), flush=True)  # type: ignore[index]
         result |= {
@@ -645,7 +659,8 @@ def main(argv: list[str] | None = None) -> int:
                         "wall_s": round(time.time() - started)},
             "conditions": conditions, "summary": summarise(conditions, speeds),
         }
-        write(result, conditions, speeds)
+        if speeds:
+            write(result, conditions, speeds)
     print(markdown(conditions, speeds))
     print(json.dumps(result["summary"], indent=2))
     print(f"total {time.time() - started:.0f} s")
