@@ -14,7 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_serve_support import Server, audiohook_call, request, running, statuses, twilio_call, wav_bytes
+from test_serve_support import (
+    Server,
+    announce_audiosocket,
+    audiohook_call,
+    audiosocket_call,
+    audiosocket_verdict,
+    request,
+    running,
+    statuses,
+    twilio_call,
+    wav_bytes,
+)
 
 from voiceauth.audio.channel import telephone_channel
 from voiceauth.audio.decode import load_audio
@@ -33,6 +44,13 @@ def phone(path: Path) -> np.ndarray:
 def call_frames(paths: list[Path], seconds: float = CALL_S) -> list[bytes]:
     codes = mulaw_encode(np.concatenate([phone(p) for p in paths]))[: int(seconds * 8000)]
     return [codes[i:i + 160].tobytes() for i in range(0, len(codes) - 159, 160)]
+
+
+def pcm_frames(paths: list[Path], seconds: float = CALL_S) -> list[bytes]:
+    """20 ms frames of 16-bit 8 kHz PCM, as Asterisk's AudioSocket() sends them."""
+    data = (np.clip(np.concatenate([phone(p) for p in paths]), -1, 1) * 32767).astype("<i2")[: int(seconds * 8000)]
+    raw = data.tobytes()
+    return [raw[i:i + 320] for i in range(0, len(raw) - 319, 320)]
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +107,25 @@ def test_audiohook_real_time_call_authenticates_the_customer_not_an_impostor(liv
     _check(genuine, impostor)
     calls_now = request("GET", f"{server.http}/v1/calls", server.keys["agent"])[1]["calls"]
     assert {c["protocol"] for c in calls_now} == {"twilio", "audiohook"}
+
+
+def test_audiosocket_real_time_call_authenticates_the_customer_not_an_impostor(live: tuple) -> None:
+    import uuid
+
+    server, speakers, customer, other = live
+    good, bad = str(uuid.uuid4()), str(uuid.uuid4())
+    for call_uuid in (good, bad):
+        assert announce_audiosocket(server, call_uuid, customer)[0] == 201
+
+    async def calls() -> list[bytes]:
+        return await asyncio.gather(
+            audiosocket_call(server.audiosocket_port, good, pcm_frames(speakers[customer][3:5]), REAL_TIME),
+            audiosocket_call(server.audiosocket_port, bad, pcm_frames(speakers[other][3:5]), REAL_TIME))
+
+    asyncio.run(calls())
+    genuine, impostor = audiosocket_verdict(server, good), audiosocket_verdict(server, bad)
+    assert genuine["call"]["status"] == "authenticated" and genuine["call"]["dropped_audio_s"] == 0.0, genuine
+    assert impostor["state"] == "ended" and impostor["call"]["status"] in ("not_authenticated", "inconclusive")
+    decided = [e.outcome for e in server.service.va.store.audit_events()  # every status change is audited
+               if e.action == "call_decision" and e.details.get("call_id") == impostor["call"]["call_id"]]
+    assert decided and "authenticated" not in decided, decided

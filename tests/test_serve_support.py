@@ -38,7 +38,11 @@ class Server:
             "ivr": ["stream"], "teller": ["verify"], "agent": ["agent"], "prom": ["metrics"], "ops": ["admin"],
         }.items()}
         self.limits = limits or Limits()
-        self.app = create_app(va, self.ring, self.limits, warm_up=warm_up)
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # Asterisk AudioSocket calls
+        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.tcp.bind(("127.0.0.1", 0))
+        self.audiosocket_port = self.tcp.getsockname()[1]
+        self.app = create_app(va, self.ring, self.limits, warm_up=warm_up, audiosocket=self.tcp)
         self.service = self.app.state.service
         config = uvicorn.Config(self.app, log_level="warning", ws_max_size=self.limits.max_message_bytes,
                                 timeout_graceful_shutdown=5)
@@ -213,6 +217,63 @@ async def audiohook_call(url: str, key: str, customer: str, frames: list[bytes],
                     await asyncio.sleep(delay)
             await ws.send(audiohook_message("close", 3, {"reason": "end"}))
         return await reader
+
+
+def audiosocket_message(kind: int, payload: bytes = b"") -> bytes:
+    """One AudioSocket message: type, big-endian payload length, payload."""
+    return bytes([kind]) + len(payload).to_bytes(2, "big") + payload
+
+
+def announce_audiosocket(server: Server, call_uuid: str, customer: str, key: str | None = None) -> tuple[int, Any]:
+    return request("POST", f"{server.http}/v1/audiosocket/calls", key or server.keys["ivr"],
+                   body=json.dumps({"uuid": call_uuid, "customer_id": customer}).encode(),
+                   headers={"Content-Type": "application/json"})
+
+
+async def audiosocket_call(port: int, call_uuid: str, pcm_frames: list[bytes], pace: float = 0.02,
+                           before: list[bytes] | None = None, hang_up: bool = True) -> bytes:
+    """Stream a call as Asterisk's AudioSocket() does: the UUID, 16-bit 8 kHz frames (``pace`` s each),
+    then a hang-up (or, ``hang_up=False``, just closes); ``before``: raw messages sent first. Returns what
+    the server sent back when it closed."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        with contextlib.suppress(ConnectionError):
+            for raw in before or []:
+                writer.write(raw)
+            writer.write(audiosocket_message(0x01, uuid.UUID(call_uuid).bytes))
+            started = time.monotonic()
+            for n, frame in enumerate(pcm_frames):
+                writer.write(audiosocket_message(0x10, frame))
+                await writer.drain()
+                delay = started + (n + 1) * pace - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if hang_up:
+                writer.write(audiosocket_message(0x00))
+                await writer.drain()
+            else:  # Asterisk may also just close the socket
+                writer.close()
+                await writer.wait_closed()
+                return b""
+        try:
+            return await asyncio.wait_for(reader.read(), 60)  # b"" once the server has closed
+        except ConnectionError:  # closed while we were still writing: nothing was sent back
+            return b""
+    finally:
+        writer.close()
+
+
+def audiosocket_verdict(server: Server, call_uuid: str, timeout: float = 30,
+                        until: tuple[str, ...] = ("ended",)) -> dict[str, Any]:
+    """The announced call's state once it is in ``until`` (by default: ended, the platform's read
+    after AudioSocket() returns), or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = request("GET", f"{server.http}/v1/audiosocket/calls/{call_uuid}", server.keys["ivr"])
+        assert status == 200, body
+        if body["state"] in until or time.monotonic() > deadline:
+            return body
+        time.sleep(0.05)
 
 
 def statuses(messages: list[dict[str, Any]]) -> list[tuple[str, bool]]:

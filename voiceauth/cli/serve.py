@@ -60,14 +60,17 @@ def _need_serve_extra() -> None:
               help="Seconds without a message before a stream is ended.")
 @click.option("--drain-timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="On shutdown, seconds calls in flight may go on.")
+@click.option("--audiosocket-port", type=click.IntRange(1, 65535),
+              help="Also take Asterisk AudioSocket calls over TCP on this port (same --host; no TLS in that "
+                   "protocol: keep it on a private network).")
 @click.option("--ssl-certfile", type=click.Path(dir_okay=False, exists=True), help="TLS certificate (PEM).")
 @click.option("--ssl-keyfile", type=click.Path(dir_okay=False, exists=True), help="TLS private key (PEM).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info")
 def serve(store: str, model_dir: str | None, as_json: bool, model: str, shadow_model: str | None,
           calibration: str | None, keys_path: str,
           host: str, port: int, max_streams: int, idle_timeout: float, drain_timeout: float,
-          ssl_certfile: str | None, ssl_keyfile: str | None, log_level: str) -> None:
-    """Serve REST, Twilio / AudioHook streaming, the agent view and /metrics on one VoiceAuth."""
+          audiosocket_port: int | None, ssl_certfile: str | None, ssl_keyfile: str | None, log_level: str) -> None:
+    """Serve REST, Twilio / AudioHook (and AudioSocket) streaming, the agent view and /metrics on one VoiceAuth."""
     _need_serve_extra()
     from voiceauth.serve import KeyFile, Limits, create_app
     from voiceauth.serve.server import run
@@ -85,7 +88,7 @@ def serve(store: str, model_dir: str | None, as_json: bool, model: str, shadow_m
     va = open_client(store, model_dir, create=True, model=model, calibration=calibration,  # it enrols: may create
                      shadow_model=shadow_model)
     try:
-        app = create_app(va, keys, limits)
+        app = create_app(va, keys, limits, audiosocket=(host, audiosocket_port) if audiosocket_port else None)
         run(app, host=host, port=port, log_level=log_level, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     finally:
         va.close()

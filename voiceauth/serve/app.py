@@ -19,6 +19,8 @@ Routes (scope in brackets; see :mod:`voiceauth.serve.auth`):
     GET  /v1/calls                         live and recently ended calls [agent]
     WS   /v1/streams/twilio                Twilio Media Streams [stream]
     WS   /v1/streams/audiohook             Genesys AudioHook [stream]
+    POST /v1/audiosocket/calls, GET /v1/audiosocket/calls/{uuid}   announce an Asterisk AudioSocket call
+                                           (TCP, ``audiosocket=``) and read its verdict [stream]
     GET  /agent, POST /agent/login, GET /agent/events   the agent view [agent]
 
 Errors are JSON ``{"error": <type>, "message": ..., "request_id": ...}``: the library's own
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator
@@ -50,6 +53,7 @@ from voiceauth.errors import VoiceAuthError
 from voiceauth.live import SessionPool, SessionSettings
 from voiceauth.serve.agent import AgentView
 from voiceauth.serve.audiohook import AudioHookStream
+from voiceauth.serve.audiosocket import AudioSocketGate
 from voiceauth.serve.auth import KeyRing, token_from
 from voiceauth.serve.auth import Scope as KeyScope
 from voiceauth.serve.config import Limits
@@ -160,27 +164,33 @@ class CountRequests:
 
 
 def create_app(va: VoiceAuth, keys: KeyRing, limits: Limits | None = None, *,
-               settings: SessionSettings | None = None, warm_up: bool = True) -> Starlette:
-    """The service for ``va`` (which it does not close) and the API keys in ``keys``."""
+               settings: SessionSettings | None = None, warm_up: bool = True,
+               audiosocket: socket.socket | tuple[str, int] | None = None) -> Starlette:
+    """The service for ``va`` (which it does not close) and the API keys in ``keys``; with
+    ``audiosocket`` (a bound socket or ``(host, port)``) it also takes Asterisk AudioSocket calls
+    over TCP there (:mod:`voiceauth.serve.audiosocket`)."""
     limits = limits or Limits()
     service = Service(va, keys, limits, settings)
     rest = Rest(va, keys, service.hub)
     agent = AgentView(keys, service.hub)
+    gate = AudioSocketGate(va, keys, service.hub, audiosocket)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.hub.start()
+        await gate.start()
         if warm_up:
             threading.Thread(target=service.warm_up, name="voiceauth-warm-up", daemon=True).start()
         else:
             service.ready.set()
         yield
         service.hub.begin_drain()
+        await gate.stop()
         await service.hub.stop()
 
     routes = [
         Route("/healthz", service.healthz), Route("/readyz", service.readyz), Route("/metrics", service.metrics),
-        *rest.routes(), *agent.routes(),
+        *rest.routes(), *agent.routes(), *gate.routes(),
         WebSocketRoute("/v1/streams/twilio", service.twilio),
         WebSocketRoute("/v1/streams/audiohook", service.audiohook),
     ]
@@ -188,5 +198,6 @@ def create_app(va: VoiceAuth, keys: KeyRing, limits: Limits | None = None, *,
                     exception_handlers={Exception: service.error, HTTPException: service.error,
                                         VoiceAuthError: service.error})
     app.state.service = service
+    app.state.audiosocket = gate
     app.add_middleware(CountRequests, service=service)
     return app

@@ -33,13 +33,16 @@ class Limits:
     """How long the agent view keeps showing a call after it ended."""
     max_subscribers: int = 200
     """Concurrent agent-view event streams."""
+    audiosocket_ticket_s: float = 60.0
+    """How long an announced AudioSocket call (``POST /v1/audiosocket/calls``) waits for its connection."""
 
     def __post_init__(self) -> None:
         for name in ("max_streams", "max_frame_ms", "max_message_bytes", "max_upload_bytes", "max_upload_files",
                      "max_subscribers"):
             if getattr(self, name) < 1:
                 raise ServeError(f"Limits.{name} must be at least 1, got {getattr(self, name)!r}")
-        for name in ("idle_timeout_s", "final_wait_s", "drain_timeout_s", "finished_kept_s"):
+        for name in ("idle_timeout_s", "final_wait_s", "drain_timeout_s", "finished_kept_s",
+                     "audiosocket_ticket_s"):
             if not getattr(self, name) > 0:
                 raise ServeError(f"Limits.{name} must be positive, got {getattr(self, name)!r}")
 

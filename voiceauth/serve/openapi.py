@@ -45,6 +45,11 @@ OPERATIONS: list[tuple[str, str, str, str, dict[str, str], dict[str, Any] | None
       "properties": {"genuine": {"type": "boolean"},
                      "source": {"type": "string", "description": "kba, fraud_case, ..."}}}),
     ("/v1/calls", "get", "Live calls with status, confidence, progress and flags", "agent", {}, None),
+    ("/v1/audiosocket/calls", "post", "Announce an Asterisk AudioSocket call (its UUID, single use) before "
+     "AudioSocket() connects to the TCP port", "stream", {},
+     {"type": "object", "required": ["uuid", "customer_id"],
+      "properties": {"uuid": {"type": "string", "format": "uuid"}, "customer_id": {"type": "string"}}}),
+    ("/v1/audiosocket/calls/{uuid}", "get", "An announced AudioSocket call's state and verdict", "stream", {}, None),
     ("/healthz", "get", "The process is alive", "", {}, None),
     ("/readyz", "get", "Models loaded and not draining (503 otherwise)", "", {}, None),
     ("/metrics", "get", "Prometheus metrics", "metrics", {}, None),
@@ -60,7 +65,7 @@ def document() -> dict[str, Any]:
                           "4XX": {"description": "JSON {error, request_id}: what was wrong and what to do"}},
         }
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for p in ("customer_id", "label", "trial_id") if "{" + p + "}" in path]
+                  for p in ("customer_id", "label", "trial_id", "uuid") if "{" + p + "}" in path]
         if params:
             op["parameters"] = params
         if scope:
@@ -80,7 +85,7 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "voiceauth", "version": __version__,
                  "description": "Passive voice-biometric authentication; streams: /v1/streams/twilio, "
-                                "/v1/streams/audiohook (WebSocket, see the README)."},
+                                "/v1/streams/audiohook (WebSocket), Asterisk AudioSocket (TCP; see the README)."},
         "components": {"securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}}},
         "paths": paths,
     }

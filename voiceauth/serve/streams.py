@@ -54,6 +54,8 @@ class Stream:
     """One streaming connection carrying one call."""
 
     protocol = "stream"
+    closing_ends_call = False
+    """Whether the client closing the connection is how it ends a call (AudioSocket), not a vanishing."""
 
     def __init__(self, ws: WebSocket, va: VoiceAuth, keys: KeyRing, hub: Hub) -> None:
         self.ws = ws
@@ -104,7 +106,7 @@ class Stream:
             while True:
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
-                    outcome = "ended" if self._ending else "vanished"
+                    outcome = "ended" if self._ending or self.closing_ends_call else "vanished"
                     break
                 self.last_seen = time.monotonic()
                 if self._ending:
