@@ -412,3 +412,40 @@ def test_models_pull_fetches_the_library_and_the_service_default(
     assert pulled[2:] == ["ecapa", "ecapa-onnx"]
     assert main(["models", "pull", "--model", "ecapa", "--model", "campplus", "--model-dir", str(tmp_path)]) == 2
     assert "one --model" in capsys.readouterr().err
+
+
+def test_a_streamed_call_can_be_paused_over_rest_and_nothing_sent_meanwhile_is_heard(server: Server,
+                                                                                     va: VoiceAuth) -> None:
+    """PCI for protocols without a pause message (Twilio, AudioSocket): the platform pauses the call by
+    its stream id while the caller keys in a card number; audio streamed meanwhile is never heard."""
+    url, k = server.http, server.keys
+    part = genuine(3)  # 3 s of speech each
+    loud = impostor(3)  # another voice while paused: never heard, so no speaker change either
+
+    async def call() -> tuple[list[dict], int | None, str]:
+        async with connect(f"{server.ws}/v1/streams/twilio", additional_headers={"X-API-Key": k["ivr"]},
+                           max_size=2**20) as ws:
+            reader = asyncio.create_task(read_all(ws, timeout=60))
+            await ws.send(twilio_start("cust-1", sid="MZpci"))
+            n = 0
+            for phase, frames_ in (("listen", part), ("pause", loud), ("resume", part)):
+                if phase != "listen":
+                    status, body = await asyncio.to_thread(request, "POST", f"{url}/v1/calls/MZpci/{phase}", k["ivr"])
+                    assert status == 200 and body["paused"] is (phase == "pause"), body
+                for frame in frames_:
+                    await ws.send(twilio_media(frame, n, sid="MZpci"))
+                    n += 1
+                    await asyncio.sleep(FAST)
+                await asyncio.sleep(0.3)
+            await ws.send(json.dumps({"event": "stop", "streamSid": "MZpci"}))
+            return await reader
+
+    messages, code, _ = asyncio.run(call())
+    final = messages[-1]["call"]
+    assert code == 1000 and final["status"] == "authenticated" and "speaker_change" not in final["flags"], final
+    assert 5.0 <= final["speech_s"] <= 6.2, final  # the two 3 s parts heard, the paused 3 s not
+    actions = [(e.action, e.actor, e.details.get("call_id")) for e in va.store.audit_events()
+               if e.action in ("call_pause", "call_resume")]
+    assert actions == [("call_pause", "key:ivr", final["call_id"]), ("call_resume", "key:ivr", final["call_id"])]
+    assert request("POST", f"{url}/v1/calls/MZpci/pause", k["ivr"])[0] == 404  # ended: nothing to pause
+    assert request("POST", f"{url}/v1/calls/{final['call_id']}/pause", k["agent"])[0] == 403

@@ -17,6 +17,7 @@ Routes (scope in brackets; see :mod:`voiceauth.serve.auth`):
     DELETE /v1/customers/{id}              [admin]
     GET/POST/DELETE /v1/watchlist[/{label}] multipart: audio (1+), reason [admin]
     GET  /v1/calls                         live and recently ended calls [agent]
+    POST /v1/calls/{id}/pause, /resume     PCI: stop / go back to hearing a live call (id: call or stream id) [stream]
     WS   /v1/streams/twilio                Twilio Media Streams [stream]
     WS   /v1/streams/audiohook             Genesys AudioHook [stream]
     POST /v1/audiosocket/calls, GET /v1/audiosocket/calls/{uuid}   announce an Asterisk AudioSocket call

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
-from voiceauth.live import CallResult, CallStatus, SessionPool
+from voiceauth.live import CallResult, CallSession, CallStatus, SessionPool
 from voiceauth.serve.config import Limits
 from voiceauth.serve.metrics import Metrics
 
@@ -161,6 +161,18 @@ class Hub:
 
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
         self.subscribers.discard(queue)
+
+    def live_session(self, ident: str) -> CallSession | None:
+        """The session of the live stream whose call id, or stream id (Twilio ``streamSid``, AudioHook
+        session id, AudioSocket UUID), is ``ident``; None when no live stream carries it."""
+        for stream in list(self.streams):
+            session = getattr(stream, "session", None)
+            if session is None or session.closed:
+                continue
+            meta = self._meta.get(session.call_id)
+            if ident == session.call_id or (meta is not None and meta.stream_id and ident == meta.stream_id):
+                return session  # type: ignore[no-any-return]
+        return None
 
     def snapshot(self) -> list[dict[str, Any]]:
         return sorted(self.calls.values(), key=lambda c: c.get("started", 0.0))

@@ -45,6 +45,10 @@ OPERATIONS: list[tuple[str, str, str, str, dict[str, str], dict[str, Any] | None
       "properties": {"genuine": {"type": "boolean"},
                      "source": {"type": "string", "description": "kba, fraud_case, ..."}}}),
     ("/v1/calls", "get", "Live calls with status, confidence, progress and flags", "agent", {}, None),
+    ("/v1/calls/{call_id}/pause", "post", "PCI: stop hearing a live call (card numbers); audio streamed "
+     "meanwhile is discarded unheard. call_id may be the stream id (Twilio streamSid, AudioSocket UUID)",
+     "stream", {}, None),
+    ("/v1/calls/{call_id}/resume", "post", "Hear a paused live call again", "stream", {}, None),
     ("/v1/audiosocket/calls", "post", "Announce an Asterisk AudioSocket call (its UUID, single use) before "
      "AudioSocket() connects to the TCP port", "stream", {},
      {"type": "object", "required": ["uuid", "customer_id"],
@@ -56,6 +60,10 @@ OPERATIONS: list[tuple[str, str, str, str, dict[str, str], dict[str, Any] | None
 ]
 
 
+NO_BODY = ("/v1/customers/{customer_id}/opt-out", "/v1/calls/{call_id}/pause", "/v1/calls/{call_id}/resume")
+"""POST operations that take no request body."""
+
+
 def document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for path, method, summary, scope, fields, body in OPERATIONS:
@@ -65,7 +73,7 @@ def document() -> dict[str, Any]:
                           "4XX": {"description": "JSON {error, request_id}: what was wrong and what to do"}},
         }
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for p in ("customer_id", "label", "trial_id", "uuid") if "{" + p + "}" in path]
+                  for p in ("customer_id", "label", "trial_id", "uuid", "call_id") if "{" + p + "}" in path]
         if params:
             op["parameters"] = params
         if scope:
@@ -73,7 +81,7 @@ def document() -> dict[str, Any]:
             op["description"] = f"Needs an API key with the `{scope}` scope."
         if body is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-        elif method == "post" and path not in ("/v1/customers/{customer_id}/opt-out",):
+        elif method == "post" and path not in NO_BODY:
             form = {k: dict(v) for k, v in AUDIO_FORM.items()}
             schema = dict(form["multipart/form-data"]["schema"])
             schema["properties"] = {**schema["properties"],

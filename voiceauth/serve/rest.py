@@ -28,7 +28,7 @@ from voiceauth.errors import AudioDecodeError
 from voiceauth.serve.auth import ApiKey, Scope, token_from
 from voiceauth.serve.errors import ServeError
 from voiceauth.serve.hub import Hub
-from voiceauth.store.base import Consent
+from voiceauth.store.base import AuditRecord, Consent
 
 MAX_UPLOAD_SECONDS = 600.0
 
@@ -218,6 +218,31 @@ class Rest:
         self.key(request, Scope.AGENT)
         return JSONResponse({"calls": self.hub.snapshot()})
 
+    async def pause(self, request: Request) -> JSONResponse:
+        return await self._listen(request, paused=True)
+
+    async def resume(self, request: Request) -> JSONResponse:
+        return await self._listen(request, paused=False)
+
+    async def _listen(self, request: Request, *, paused: bool) -> JSONResponse:
+        """PCI: stop (or go back to) hearing a live call, e.g. while the caller keys in a card number;
+        audio streamed meanwhile is discarded unheard. For protocols without a pause message of their
+        own (Twilio, AudioSocket); the call is named by its call id or its stream id."""
+        key = self.key(request, Scope.STREAM)
+        ident = request.path_params["call_id"]
+        session = self.hub.live_session(ident)
+        if session is None:
+            raise ServeError(f"no live call has the call or stream id {ident[:64]!r}; it may have ended", 404)
+        if paused:
+            session.pause()
+        else:
+            session.resume()
+        action = "call_pause" if paused else "call_resume"
+        await run_in_threadpool(self.va.store.audit, AuditRecord(
+            action, session.customer_id, "paused" if paused else "listening", f"key:{key.key_id}",
+            {"call_id": session.call_id}))
+        return JSONResponse({"call_id": session.call_id, "paused": session.paused})
+
     def routes(self) -> list[Route]:
         return [
             Route("/v1/customers/{customer_id}/enrol", self.enrol, methods=["POST"]),
@@ -230,5 +255,7 @@ class Rest:
             Route("/v1/watchlist/{label}", self.watchlist_remove, methods=["DELETE"]),
             Route("/v1/outcomes/{trial_id}", self.outcome, methods=["POST"]),
             Route("/v1/calls", self.calls, methods=["GET"]),
+            Route("/v1/calls/{call_id}/pause", self.pause, methods=["POST"]),
+            Route("/v1/calls/{call_id}/resume", self.resume, methods=["POST"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
         ]
