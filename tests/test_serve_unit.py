@@ -432,6 +432,9 @@ def test_a_streamed_call_can_be_paused_over_rest_and_nothing_sent_meanwhile_is_h
                 if phase != "listen":
                     status, body = await asyncio.to_thread(request, "POST", f"{url}/v1/calls/MZpci/{phase}", k["ivr"])
                     assert status == 200 and body["paused"] is (phase == "pause"), body
+                    shown = await asyncio.to_thread(request, "GET", f"{url}/v1/calls", k["agent"])
+                    flags = next(c["flags"] for c in shown[1]["calls"] if c["stream_id"] == "MZpci")
+                    assert ("paused" in flags) is (phase == "pause"), flags  # the agent view shows it
                 for frame in frames_:
                     await ws.send(twilio_media(frame, n, sid="MZpci"))
                     n += 1
@@ -449,3 +452,32 @@ def test_a_streamed_call_can_be_paused_over_rest_and_nothing_sent_meanwhile_is_h
     assert actions == [("call_pause", "key:ivr", final["call_id"]), ("call_resume", "key:ivr", final["call_id"])]
     assert request("POST", f"{url}/v1/calls/MZpci/pause", k["ivr"])[0] == 404  # ended: nothing to pause
     assert request("POST", f"{url}/v1/calls/{final['call_id']}/pause", k["agent"])[0] == 403
+
+
+def test_an_audiohook_pause_is_heard_as_nothing_and_shown(server: Server) -> None:
+    """AudioHook's own ``paused`` / ``resumed`` messages: the same as the REST pause."""
+    headers = {"X-API-Key": server.keys["ivr"], "Audiohook-Session-Id": "e160e428-53e2-487c-977d-96989bf5c99d"}
+
+    async def call() -> tuple[list[dict], int | None, str]:
+        async with connect(f"{server.ws}/v1/streams/audiohook", additional_headers=headers, max_size=2**20) as ws:
+            reader = asyncio.create_task(read_all(ws, timeout=60))
+            await ws.send(audiohook_message("open", 1, audiohook_open("cust-1")))
+            seq = 2
+            for phase, frames_ in ((None, genuine(3)), ("paused", impostor(3)), ("resumed", genuine(3))):
+                if phase is not None:
+                    await ws.send(audiohook_message(phase, seq))
+                    seq += 1
+                    await asyncio.sleep(0.2)
+                    shown = await asyncio.to_thread(request, "GET", f"{server.http}/v1/calls", server.keys["agent"])
+                    assert ("paused" in shown[1]["calls"][-1]["flags"]) is (phase == "paused"), shown
+                for frame in frames_:
+                    await ws.send(frame)
+                    await asyncio.sleep(FAST)
+                await asyncio.sleep(0.3)
+            await ws.send(audiohook_message("close", seq, {"reason": "end"}))
+            return await reader
+
+    messages, code, _ = asyncio.run(call())
+    final = [m for m in messages if m.get("type") == "event"][-1]["parameters"]["entities"][-1]["data"]
+    assert code == 1000 and final["status"] == "authenticated" and "speaker_change" not in final["flags"], final
+    assert 5.0 <= final["speech_s"] <= 6.2, final

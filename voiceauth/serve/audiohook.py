@@ -111,10 +111,8 @@ class AudioHookStream(Stream):
             self.send(self.message("pong"))
         elif kind == "close":
             await self.end(1000, "session closed")
-        elif kind == "paused" and self.session is not None:
-            self.session.pause()
-        elif kind == "resumed" and self.session is not None:
-            self.session.resume()
+        elif kind in ("paused", "resumed") and self.session is not None:
+            self.hub.set_paused(self.session, kind == "paused")
 
     async def _open(self, params: dict[str, Any]) -> None:
         if self.session is not None:

@@ -21,6 +21,8 @@ from voiceauth.serve.config import Limits
 from voiceauth.serve.metrics import Metrics
 
 log = logging.getLogger("voiceauth.serve")
+PAUSED = "paused"
+"""The flag a call carries on the agent view and ``/v1/calls`` while it is not listened to (PCI)."""
 
 
 class Endable(Protocol):
@@ -79,6 +81,8 @@ class Hub:
         self._meta: dict[str, CallMeta] = {}
         self._ended_at: dict[str, float] = {}
         self._flagged: dict[str, set[str]] = {}
+        self._paused: set[str] = set()
+        """Calls not being listened to (PCI pause): shown with the flag ``paused``."""
         self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.streams: set[Endable] = set()
         self.draining = False
@@ -130,6 +134,8 @@ class Hub:
         """A call's new state (on the loop): keep it, count it, tell the subscribers."""
         meta = self._meta.get(result.call_id)
         body = call_json(result, meta)
+        if result.call_id in self._paused and not result.closed:
+            body["flags"] = [*body["flags"], PAUSED]
         old = self.calls.get(result.call_id)
         if old is not None and old.get("closed"):
             return  # nothing changes once a call has ended
@@ -161,6 +167,16 @@ class Hub:
 
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
         self.subscribers.discard(queue)
+
+    def set_paused(self, session: CallSession, paused: bool) -> None:
+        """Pause or resume listening to a live call (PCI) and show it: the agent view flags it ``paused``."""
+        if paused:
+            session.pause()
+            self._paused.add(session.call_id)
+        else:
+            session.resume()
+            self._paused.discard(session.call_id)
+        self.update(session.result())
 
     def live_session(self, ident: str) -> CallSession | None:
         """The session of the live stream whose call id, or stream id (Twilio ``streamSid``, AudioHook
@@ -194,6 +210,7 @@ class Hub:
                 self.calls.pop(call_id, None)
                 self._meta.pop(call_id, None)
                 self._flagged.pop(call_id, None)
+                self._paused.discard(call_id)
                 self._broadcast({"type": "gone", "call_id": call_id})
         ending: list[tuple[Endable, int, str]] = []
         late = self.drain_started is not None and now - self.drain_started > self.limits.drain_timeout_s

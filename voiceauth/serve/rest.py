@@ -233,10 +233,7 @@ class Rest:
         session = self.hub.live_session(ident)
         if session is None:
             raise ServeError(f"no live call has the call or stream id {ident[:64]!r}; it may have ended", 404)
-        if paused:
-            session.pause()
-        else:
-            session.resume()
+        self.hub.set_paused(session, paused)
         action = "call_pause" if paused else "call_resume"
         await run_in_threadpool(self.va.store.audit, AuditRecord(
             action, session.customer_id, "paused" if paused else "listening", f"key:{key.key_id}",
