@@ -35,6 +35,9 @@ Systems, all scored by cosine against the mean enrolment embedding:
   new deployment's trials: against the public cohort shipped in ``voiceauth/data`` for the model
   and channel (``phone`` rows for the G.711 and mobile-codec channels, ``clean`` rows otherwise;
   top 100), less the rows of any speaker among the train-clean impostors;
+* ``ecapa_centred`` / ``campplus_centred``: the cosine after subtracting the mean of the split's
+  voiceprints (10 LibriSpeech or 9 meeting speakers, enrolled on the condition's channel: as a bank
+  would subtract its store's mean) from the enrolment and test embeddings;
 * ``fusion``: the mean of the ``ecapa`` and ``campplus`` cosines;
 * ``ecapa_spliced`` (``--spliced``): the old front end, speech frames spliced together, + ECAPA.
 
@@ -82,9 +85,13 @@ FOLDS = 5
 """Enrolment folds on LibriSpeech (10 files a speaker, 2 enrolled on per fold)."""
 NOISE_SNR_DB = 20.0
 SPEED_SEGMENT_S = 3.0
-SYSTEMS = ("baseline", "ecapa", "ecapa_asnorm", "campplus", "campplus_asnorm", "fusion")
+SYSTEMS = ("baseline", "ecapa", "ecapa_asnorm", "ecapa_centred", "campplus", "campplus_asnorm", "campplus_centred",
+           "fusion")
 AS_NORMED = {"ecapa_asnorm": "ecapa", "campplus_asnorm": "campplus"}
 """Systems scored with AS-norm against the shipped public cohort, and the system whose embeddings they use."""
+CENTRED = {"ecapa_centred": "ecapa", "campplus_centred": "campplus"}
+"""Systems scored by the cosine after subtracting the mean of the split's voiceprints (as a bank would
+subtract its store's mean), and the system whose embeddings they use."""
 PHONE_CHANNELS = ("mulaw", "alaw", "amr", "gsm")
 """Channels scored against the public cohort's ``phone`` rows (the others: its ``clean`` rows)."""
 SPLICED = "ecapa_spliced"
@@ -302,7 +309,7 @@ def score_condition(engines: Engines, splits: Sequence[Pool], name: str, cache: 
         trials = [(s, p) for p in test_files for s in split.enrol]
         labels.append(np.array([owner.get(p) == s for s, p in trials]))
         for system in systems(engines):
-            if system == "fusion" or system in AS_NORMED:
+            if system == "fusion" or system in AS_NORMED or system in CENTRED:
                 continue
             voiceprint = {s: l2_normalise(np.mean([enrolled[p][system] for p in files], axis=0))
                           for s, files in split.enrol.items()}
@@ -311,6 +318,9 @@ def score_condition(engines: Engines, splits: Sequence[Pool], name: str, cache: 
             if normed is not None:
                 raw = parts[system][-1]
                 parts[normed].append(as_normed(engines, system, channel, split, voiceprint, tested, trials, raw))
+            centred = next((n for n, used in CENTRED.items() if used == system), None)
+            if centred is not None:
+                parts[centred].append(centred_cosines(system, split, enrolled, tested, voiceprint, trials))
     truth = np.concatenate(labels)
     out: dict[str, object] = {"trials": {"genuine": int(truth.sum()), "impostor": int((~truth).sum())},
                               "folds": len(splits)}
@@ -342,6 +352,17 @@ def as_normed(engines: Engines, system: str, channel: str, split: Pool, voicepri
     enrol = np.stack([voiceprint[s] for s, _ in trials])
     tests = np.stack([tested[p][system] for _, p in trials])
     return as_norm_many(raw, enrol, tests, cohort)
+
+
+def centred_cosines(system: str, split: Pool, enrolled: dict[Path, dict[str, np.ndarray]],
+                    tested: dict[Path, dict[str, np.ndarray]], voiceprint: dict[str, np.ndarray],
+                    trials: Sequence[tuple[str, Path]]) -> np.ndarray:
+    """Cosines after subtracting the mean of the split's voiceprints (the enrolled speakers: what a
+    bank's store holds, on its own channel) from every enrolment and test embedding."""
+    mean = np.mean([voiceprint[s] for s in split.enrol], axis=0)
+    centred = {s: l2_normalise(np.mean([l2_normalise(enrolled[p][system] - mean) for p in files], axis=0))
+               for s, files in split.enrol.items()}
+    return np.array([float(centred[s] @ l2_normalise(tested[p][system] - mean)) for s, p in trials])
 
 
 @functools.cache
