@@ -180,7 +180,7 @@ class Hub:
 
     def live_session(self, ident: str) -> CallSession | None:
         """The session of the live stream whose call id, or stream id (Twilio ``streamSid``, AudioHook
-        session id, AudioSocket UUID), is ``ident``; None when no live stream carries it."""
+        conversationId, AudioSocket UUID), is ``ident``; None when no live stream carries it."""
         for stream in list(self.streams):
             session = getattr(stream, "session", None)
             if session is None or session.closed:
