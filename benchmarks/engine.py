@@ -671,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         corpus = [meeting] if name.startswith("meet-") and meeting is not None else splits
         conditions[name] = score_condition(engines, corpus, name, cache, kept)
-        if args.scores_out and kept is not None:
+        if kept is not None:
             np.savez_compressed(args.scores_out, **kept)
         print(f"{name}: {time.time() - t0:.0f} s " + ", ".join(
             f"{s} {100 * conditions[name][s]['eer']:.2f}%" for s in systems(engines)), flush=True)  # type: ignore[index]

@@ -74,6 +74,9 @@ def test_announced_calls_end_authenticated_for_the_customer_not_an_impostor(serv
     assert verdict["state"] == "ended" and verdict["call"]["status"] == "authenticated", verdict
     assert other["state"] == "ended" and other["call"]["status"] == "not_authenticated", other
     assert verdict["call"]["protocol"] == "audiosocket" and verdict["call"]["stream_id"] == good
+    bare = request("GET", f"{server.http}/v1/audiosocket/calls/{good.upper().replace('-', '')}", server.keys["ivr"])
+    assert bare[0] == 200 and bare[1]["uuid"] == good  # any string form of the UUID
+    assert request("GET", f"{server.http}/v1/audiosocket/calls/not-a-uuid", server.keys["ivr"])[0] == 404
     listed = request("GET", f"{server.http}/v1/calls", server.keys["agent"])[1]["calls"]
     assert {c["stream_id"] for c in listed if c["protocol"] == "audiosocket"} == {good, bad}
     opened = [e for e in server.service.va.store.audit_events()

@@ -15,6 +15,7 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,6 +40,7 @@ from websockets.exceptions import ConnectionClosed
 
 from voiceauth.cli import EXIT_ERROR, main
 from voiceauth.client import VoiceAuth
+from voiceauth.errors import StoreError
 from voiceauth.serve import KeyFile, KeyRing, Limits, Scope
 from voiceauth.serve.errors import AuthError, ScopeError
 from voiceauth.store.base import Consent
@@ -481,3 +483,35 @@ def test_an_audiohook_pause_is_heard_as_nothing_and_shown(server: Server) -> Non
     final = [m for m in messages if m.get("type") == "event"][-1]["parameters"]["entities"][-1]["data"]
     assert code == 1000 and final["status"] == "authenticated" and "speaker_change" not in final["flags"], final
     assert 5.0 <= final["speech_s"] <= 6.2, final
+
+
+def test_pausing_fails_closed_when_the_audit_trail_cannot_be_written(server: Server, va: VoiceAuth,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pause takes effect even if its audit write fails; a resume that cannot be audited does not
+    happen (the call stays unheard)."""
+    url, k = server.http, server.keys
+    real_audit = va.store.audit
+
+    def audit(record: Any) -> None:
+        if record.action in ("call_pause", "call_resume"):
+            raise StoreError("disk full")
+        real_audit(record)
+
+    async def call() -> list[tuple[int, bool]]:
+        async with connect(f"{server.ws}/v1/streams/twilio", additional_headers={"X-API-Key": k["ivr"]},
+                           max_size=2**20) as ws:
+            await ws.send(twilio_start("cust-1", sid="MZaudit"))
+            await asyncio.sleep(0.3)
+            monkeypatch.setattr(va.store, "audit", audit)
+            seen = []
+            for phase in ("pause", "resume"):
+                status, _ = await asyncio.to_thread(request, "POST", f"{url}/v1/calls/MZaudit/{phase}", k["ivr"])
+                shown = await asyncio.to_thread(request, "GET", f"{url}/v1/calls", k["agent"])
+                seen.append((status, "paused" in next(c["flags"] for c in shown[1]["calls"]
+                                                      if c["stream_id"] == "MZaudit")))
+            monkeypatch.setattr(va.store, "audit", real_audit)
+            await ws.send(json.dumps({"event": "stop", "streamSid": "MZaudit"}))
+            await read_all(ws, timeout=30)
+            return seen
+
+    assert asyncio.run(call()) == [(500, True), (500, True)]  # paused anyway; still paused after the failed resume

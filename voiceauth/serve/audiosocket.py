@@ -112,8 +112,12 @@ class Tickets:
         return ticket
 
     def find(self, call_uuid: str) -> Ticket | None:
+        """The ticket of ``call_uuid`` in any of its string forms (case, hyphens); None if unknown."""
         self._forget_old()
-        return self._by_uuid.get(call_uuid)
+        try:
+            return self._by_uuid.get(str(uuid.UUID(call_uuid)))
+        except ValueError:
+            return None
 
     def _forget_old(self) -> None:
         """Drop tickets whose call never opened in time, and those whose call the hub no longer shows."""
@@ -165,8 +169,7 @@ class AudioSocketStream(Stream):
 
     def __init__(self, conn: TcpConnection, va: VoiceAuth, keys: KeyRing, hub: Hub, tickets: Tickets) -> None:
         super().__init__(conn, va, keys, hub)  # type: ignore[arg-type]
-        self.tickets = tickets
-        self.frame_limit(RATE, WIDTH)
+        self.tickets = tickets  # (message sizes are bounded by the connection, before the payload is read)
 
     async def handle(self, message: dict[str, Any]) -> None:
         kind, payload = message["kind"], message["payload"]
@@ -175,7 +178,6 @@ class AudioSocketStream(Stream):
                 raise StreamError("audio before the call's UUID", CLOSE_POLICY)
             if len(payload) % WIDTH:
                 raise StreamError(f"audio of {len(payload)} bytes is not whole 16-bit samples", CLOSE_INVALID_DATA)
-            self.check_size(len(payload))
             self.feed(payload)
         elif kind == UUID:
             await self._open(payload)
@@ -216,14 +218,6 @@ class AudioSocketGate:
         self.listen = listen
         self.tickets = Tickets(hub)
         self._server: asyncio.Server | None = None
-
-    @property
-    def address(self) -> tuple[str, int] | None:
-        """Where the listener is bound (once started)."""
-        if self._server is None or not self._server.sockets:
-            return None
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return str(host), int(port)
 
     async def start(self) -> None:
         if self.listen is None:
@@ -273,7 +267,7 @@ class AudioSocketGate:
 
     async def verdict(self, request: Request) -> JSONResponse:
         self._key(request)
-        ticket = self.tickets.find(request.path_params["uuid"].lower())
+        ticket = self.tickets.find(request.path_params["uuid"])
         if ticket is None:
             raise ServeError("no AudioSocket call is known under this UUID (never announced, expired, or "
                              "ended long enough ago to be forgotten)", 404)

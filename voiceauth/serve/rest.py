@@ -233,11 +233,14 @@ class Rest:
         session = self.hub.live_session(ident)
         if session is None:
             raise ServeError(f"no live call has the call or stream id {ident[:64]!r}; it may have ended", 404)
-        self.hub.set_paused(session, paused)
-        action = "call_pause" if paused else "call_resume"
-        await run_in_threadpool(self.va.store.audit, AuditRecord(
-            action, session.customer_id, "paused" if paused else "listening", f"key:{key.key_id}",
-            {"call_id": session.call_id}))
+        record = AuditRecord("call_pause" if paused else "call_resume", session.customer_id,
+                             "paused" if paused else "listening", f"key:{key.key_id}", {"call_id": session.call_id})
+        # fail closed: a pause takes effect even if the audit write then fails; a resume only once audited
+        if paused:
+            self.hub.set_paused(session, True)
+        await run_in_threadpool(self.va.store.audit, record)
+        if not paused:
+            self.hub.set_paused(session, False)
         return JSONResponse({"call_id": session.call_id, "paused": session.paused})
 
     def routes(self) -> list[Route]:
