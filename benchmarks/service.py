@@ -1,6 +1,6 @@
 """Service benchmark: real-time calls streamed to `voiceauth serve` over loopback, and a soak run.
 
-    python benchmarks/service.py                       # N = 10, 25, 50 (burst; steady 25, 50); soak 200 calls
+    python benchmarks/service.py          # ECAPA on ONNX Runtime: N = 10, 25, 50 (burst; steady 25, 50); soak 200 calls
     python benchmarks/service.py --model campplus --soak-calls 0 --soak-verifies 0 \\
         --calibration benchmarks/results/calibration-campplus.json   # CAM++ (none shipped): service-campplus.json
     python benchmarks/service.py --levels 10 --soak-calls 50 --soak-verifies 20   # quick look
@@ -23,12 +23,15 @@ dropped, CPU (cores used by the server process, and by this process's clients, w
 cores), and outcomes.
 Baseline in the same run: one call alone (N = 1).
 
-Steady state (``--steady N ...``): N calls always live, as in a contact centre where calls start
-and end at different times: N slots each stream ``--steady-call-s`` calls back to back, slot i's
-first call joining i/N of the way in, so at any moment the N calls are at every stage (opening,
-deciding, decided). Measured over ``--steady-window-s`` once all slots are busy: the same
-latencies (histogram deltas over the window), CPU, and the calls that ended in the window. The
-burst levels above are the worst case (all N calls decide and run their spoof check in the
+Steady state (``--steady N ...``): N calls always live, as in a contact centre where calls start and
+end at different times: N slots each stream ``--steady-call-s`` calls back to back, slot i's first
+call starting at a random moment within one call length (seeded), so new calls reach the server as
+callers ring, at random but about N per call length, and, once every slot has joined, the N calls
+are at every stage (opening, deciding, decided). Measured over ``--steady-window-s`` from one call
+length in (until the evening of 7 December the slots all opened a call at the same instant, part-way
+through its audio, and the window began 5 s later: it held a start-up burst of N first decisions):
+the same latencies (histogram deltas over the window), CPU, and the calls that ended in the window.
+The burst levels above are the worst case (all N calls decide and run their spoof check in the
 same seconds); the steady levels are the load a live service sees.
 
 Hand-overs (``--handover-every K``): in the steady levels every K-th genuine call hands the phone to
@@ -264,14 +267,33 @@ async def level(service: Service, calls: list[tuple[str, list[bytes], bool]], pa
     return out
 
 
+def arrival_offsets(n: int, seconds: float, seed: int = 3) -> list[float]:
+    """When each of ``n`` slots opens its first call: independent, uniform over one call length
+    (seeded), as callers ring a contact centre at random: some calls open within a second of each
+    other, others are seconds apart. With every call ``seconds`` long, the pattern repeats each call
+    length."""
+    rng = random.Random(seed)
+    return [round(rng.uniform(0.0, seconds), 3) for _ in range(n)]
+
+
+def busiest(offsets: list[float], span_s: float) -> int:
+    """The most calls that open within ``span_s`` of each other."""
+    times = sorted(offsets)
+    return max((sum(1 for u in times[i:] if u - t < span_s) for i, t in enumerate(times)), default=0)
+
+
 async def steady(service: Service, calls: list[tuple[str, list[bytes], bool]], n: int, seconds: float,
                  measure_s: float, pace: float = FRAME_S,
                  handovers: dict[int, float] | None = None) -> dict[str, object]:
-    """``n`` call slots, each running calls back to back; slot ``i``'s first call joins ``i * seconds / n``
-    seconds in, so the calls are at every stage at once, as in a contact centre. Measured over
-    ``measure_s`` once every slot is busy: latency (histogram deltas), CPU, and every call that
+    """``n`` call slots, each running whole calls back to back; slot ``i``'s first call starts at
+    :func:`arrival_offsets` ``[i]`` (random within one call length), so new calls reach the server
+    as callers ring, about one every ``seconds / n``, and, once every slot has joined, the live calls
+    are at every stage, as in a contact centre.
+    Measured over ``measure_s`` from ``seconds`` in (every slot busy, arrivals even for a whole call
+    length: no start-up burst in the window): latency (histogram deltas), CPU, and every call that
     ended in the window (dropped audio, outcomes)."""
     per_call = int(seconds / pace)
+    offsets = arrival_offsets(n, seconds)
     start = time.monotonic()
     window: dict[str, float] = {}
     ended: list[tuple[list[dict], bool]] = []
@@ -280,25 +302,26 @@ async def steady(service: Service, calls: list[tuple[str, list[bytes], bool]], n
     handovers = handovers or {}
 
     async def slot(i: int) -> None:
-        skip, j = int(i * per_call / n), 0
+        j = 0
+        await asyncio.sleep(max(0.0, start + offsets[i] - time.monotonic()))
         while "end" not in window or time.monotonic() < window["end"]:
             index = (i + j * n) % len(calls)
             claimed, frames, genuine = calls[index]
             arrivals: list[float] = []
             started = time.monotonic()
-            messages, _, _ = await twilio_call(service.ws, service.keys["ivr"], claimed, frames[skip:per_call], pace,
+            messages, _, _ = await twilio_call(service.ws, service.keys["ivr"], claimed, frames[:per_call], pace,
                                                arrivals=arrivals)
             if index in handovers:  # neither genuine nor impostor throughout: measured on their own
-                if not skip and "start" in window and window["start"] <= started <= window["end"]:
+                if "start" in window and window["start"] <= started <= window["end"]:
                     handed.append((messages, arrivals, started, handovers[index]))
             elif "start" in window and time.monotonic() <= window["end"] + 5.0:
                 ended.append((messages, genuine))
             if genuine and "start" in window and window["start"] <= started <= window["end"]:
                 timed.append((messages, arrivals, started))  # started under the measured load
-            skip, j = 0, j + 1
+            j += 1
 
     tasks = [asyncio.create_task(slot(i)) for i in range(n)]
-    await asyncio.sleep(max(0.0, start + 5.0 - time.monotonic()))  # every slot has joined (they start at once)
+    await asyncio.sleep(max(0.0, start + seconds - time.monotonic()))  # every slot has joined, arrivals even
     before, cpu0, t0, client0 = service.metrics(), service.stats.cpu_s(), time.monotonic(), time.process_time()
     window.update(start=t0, end=t0 + measure_s)
     rss: list[float] = []
@@ -310,7 +333,9 @@ async def steady(service: Service, calls: list[tuple[str, list[bytes], bool]], n
     await asyncio.gather(*tasks)
     out: dict[str, object] = {"calls_live": n, "call_s": seconds, "window_s": round(wall, 1),
                               "server_cpu_cores": round(cpu / wall, 2), "client_cpu_cores": round(client / wall, 2),
-                              "server_rss_mb_max": round(max(rss), 0)}
+                              "server_rss_mb_max": round(max(rss), 0),
+                              "arrivals": {"random_phase_seed": 3, "most_opening_within_3s": busiest(offsets, 3.0),
+                                           "even_spacing_s": round(seconds / n, 2)}}
     out |= latencies(before, after)
     finals = [(m[-1]["call"] if m and m[-1].get("event") == "voiceauth.status" else None, g) for m, g in ended]
     out["calls_ended_in_window"] = len(finals)
@@ -439,16 +464,17 @@ def main() -> None:
     parser.add_argument("--steady-window-s", type=float, default=60.0, help="measured window per steady level")
     parser.add_argument("--soak-calls", type=int, default=200)
     parser.add_argument("--soak-verifies", type=int, default=100)
-    parser.add_argument("--model", default="ecapa", choices=("ecapa", "ecapa-onnx", "campplus"),
-                        help="speaker model the server runs (default ecapa)")
+    parser.add_argument("--model", default="ecapa-onnx", choices=("ecapa", "ecapa-onnx", "campplus"),
+                        help="speaker model the server runs (default ecapa-onnx, as `voiceauth serve`)")
     parser.add_argument("--calibration", type=Path, help="calibration file for a model without a shipped one "
                         "(campplus: results/calibration-campplus.json, from accuracy.py)")
     parser.add_argument("--handover-every", type=int, default=0, metavar="K",
                         help="steady levels: every K-th genuine call hands the phone over (0: none)")
     parser.add_argument("--handover-at-s", type=float, default=20.0, help="seconds into a call of the hand-over")
-    parser.add_argument("--out", type=Path, help="default results/service.json (ecapa) or service-MODEL.json")
+    parser.add_argument("--out", type=Path, help="default results/service.json (ecapa-onnx, the server's default) "
+                        "or service-MODEL.json")
     args = parser.parse_args()
-    out: Path = args.out or RESULTS / ("service.json" if args.model == "ecapa" else f"service-{args.model}.json")
+    out: Path = args.out or RESULTS / ("service.json" if args.model == "ecapa-onnx" else f"service-{args.model}.json")
     speakers = {d.name: sorted(d.glob("*.flac")) for d in sorted((LIBRI / "test-other").iterdir()) if d.is_dir()}
     with tempfile.TemporaryDirectory() as tmp:
         service = Service(Path(tmp), args.model, args.calibration)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_session import STAND_IN_CALIBRATION, StandIn, make_va, stream, synth
+from test_session import STAND_IN_CALIBRATION, StandIn, StandInSpoof, make_va, stream, synth
 
 from voiceauth.client import VoiceAuth
 from voiceauth.errors import SessionError
+from voiceauth.fraud.spoof import SpoofResult
 from voiceauth.live import CallStatus, SessionSettings
-from voiceauth.live.pool import model_slots
+from voiceauth.live.slots import model_slots
 from voiceauth.store.base import Consent
 
 
@@ -39,6 +40,20 @@ class Threaded(StandIn):
                 self.running -= 1
 
 
+def all_authenticated(va: VoiceAuth, count: int, wait: float) -> bool:
+    """Stream ``count`` genuine calls at once (a thread each), close them, and say whether every one
+    ended AUTHENTICATED."""
+    calls = [va.start_call("cust-1") for _ in range(count)]
+    feeders = [threading.Thread(target=stream, args=(call, synth(8, seed=i))) for i, call in enumerate(calls)]
+    for feeder in feeders:
+        feeder.start()
+    for feeder in feeders:
+        feeder.join()
+    for call in calls:
+        call.close()
+    return all(call.result(wait=wait).status is CallStatus.AUTHENTICATED for call in calls)
+
+
 @pytest.mark.parametrize(("threads", "workers", "chosen", "slots"),
                          [(None, 2, None, 1), (4, 2, None, 1), (2, 2, None, 2), (1, 2, None, 2),
                           (1, 3, None, 3), (1, 8, None, 4), (None, 2, 3, 3)])
@@ -57,15 +72,7 @@ def test_calls_share_the_cores(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, 
     va = make_va(tmp_path, consent, embedder, batch_size=1, max_pending_segments=64)
     embedder.most = 0  # the enrolment
     try:
-        calls = [va.start_call("cust-1") for _ in range(4)]
-        feeders = [threading.Thread(target=stream, args=(call, synth(8, seed=i))) for i, call in enumerate(calls)]
-        for feeder in feeders:
-            feeder.start()
-        for feeder in feeders:
-            feeder.join()
-        for call in calls:
-            call.close()
-        assert all(call.result(wait=30).status is CallStatus.AUTHENTICATED for call in calls)
+        assert all_authenticated(va, 4, wait=30)
         assert embedder.most == most
     finally:
         va.close()
@@ -84,5 +91,92 @@ def test_the_spoof_check_gets_the_threads_of_one_model_call(tmp_path: Path, thre
     va = VoiceAuth(tmp_path / "vp.db", embedder=Threaded(threads), calibration=STAND_IN_CALIBRATION)  # type: ignore[arg-type]
     try:
         assert va.services.spoof is not None and va.services.spoof.threads == spoof_threads
+    finally:
+        va.close()
+
+
+class Sizes(Threaded):
+    """Records how many signals each embed call is given."""
+
+    def __init__(self, sequential: bool | None) -> None:
+        super().__init__(None, delay=0.05)
+        if sequential is not None:
+            self.sequential = sequential
+        self.sizes: list[int] = []
+
+    def embed(self, signals: Sequence[np.ndarray]) -> np.ndarray:
+        self.sizes.append(len(signals))
+        return super().embed(signals)
+
+
+@pytest.mark.parametrize(("sequential", "batched"), [(None, True), (False, True), (True, False)])
+def test_an_embedder_that_embeds_one_signal_at_a_time_is_given_one_segment_per_call(
+    tmp_path: Path, sequential: bool | None, batched: bool
+) -> None:
+    """ONNX Runtime embeds a batch one signal after another: a batch would only hold every segment's
+    update (and the model slot) until its last is done. Torch batches for real: it keeps batch_size."""
+    embedder = Sizes(sequential)
+    consent = Consent.now(channel="test", notice_version="v1", captured_by="tests")
+    va = make_va(tmp_path, consent, embedder, batch_size=4, max_pending_segments=64, model_slots=1)
+    embedder.sizes.clear()  # the enrolment
+    try:
+        assert all_authenticated(va, 6, wait=30)
+        assert (max(embedder.sizes) > 1) is batched
+        assert max(embedder.sizes) <= 4
+    finally:
+        va.close()
+
+
+class CountingSpoof(StandInSpoof):
+    """A slow spoof check that counts how many run at once, and the embeddings made meanwhile."""
+
+    def __init__(self, embedder: Threaded, delay: float) -> None:
+        super().__init__(delay=delay)
+        self.embedder = embedder
+        self.running = self.most = 0
+        self.embedded_meanwhile = 0
+        self._count = threading.Lock()
+
+    def score(self, samples: np.ndarray, sample_rate: int) -> SpoofResult:
+        with self._count:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        calls_before = self.embedder.calls
+        try:
+            return super().score(samples, sample_rate)
+        finally:
+            with self._count:
+                self.running -= 1
+                self.embedded_meanwhile += self.embedder.calls - calls_before
+
+    score_speech = score
+
+
+class CountingThreaded(Threaded):
+    def __init__(self) -> None:
+        super().__init__(1, delay=0.02)
+        self.calls = 0
+
+    def embed(self, signals: Sequence[np.ndarray]) -> np.ndarray:
+        self.calls += 1
+        return super().embed(signals)
+
+
+@pytest.mark.parametrize(("slots", "most_checks"), [(1, 1), (2, 1), (3, 2)])
+def test_a_slot_is_always_left_for_segments_while_spoof_checks_run(
+    tmp_path: Path, slots: int, most_checks: int
+) -> None:
+    """A spoof check holds its slot 0.3-0.9 s (a segment 0.1-0.15 s): with two slots or more, spoof
+    checks take all but one, so a call's next segment never waits for two checks to end."""
+    embedder = CountingThreaded()
+    spoof = CountingSpoof(embedder, delay=0.3)
+    consent = Consent.now(channel="test", notice_version="v1", captured_by="tests")
+    va = make_va(tmp_path, consent, embedder, spoof=spoof, model_slots=slots, workers=max(2, slots),
+                 max_pending_segments=64)
+    try:
+        assert all_authenticated(va, 6, wait=60)
+        assert spoof.most == most_checks
+        if slots > 1:
+            assert spoof.embedded_meanwhile > 0  # segments went on through the slot left to them
     finally:
         va.close()

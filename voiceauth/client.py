@@ -25,7 +25,7 @@ from voiceauth.fraud.spoof import SpoofDetector
 from voiceauth.fraud.watchlist import Watchlist
 from voiceauth.ids import canonical_id, loose_key
 from voiceauth.live import CallResult, CallSession, CallStatus, SessionPool
-from voiceauth.live.pool import per_call_threads
+from voiceauth.live.slots import per_call_threads
 from voiceauth.results import (
     Candidate,
     EnrolmentProgress,

@@ -213,6 +213,12 @@ class OnnxEmbedder:
         """Threads one ``embed`` call uses (a live pool runs one call per core: ``model_slots``)."""
         return self._threads
 
+    @property
+    def sequential(self) -> bool:
+        """``embed`` runs the signals of a batch one after another: a batch saves no time, and its
+        first signals wait for its last (a live pool then takes one segment per model call)."""
+        return True
+
     def load(self) -> OnnxEmbedder:
         """Verify and load the graph now instead of on first use."""
         with self._lock:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -21,6 +20,7 @@ from voiceauth.fraud.reference import ReferencedDetector
 from voiceauth.live.call import CallSession
 from voiceauth.live.frames import check_rate, parse_encoding
 from voiceauth.live.screens import Screen, default_screens
+from voiceauth.live.slots import batch_limit, model_slots
 from voiceauth.live.state import CallResult, SessionSettings, error_message, run_callbacks
 from voiceauth.services import shadow
 from voiceauth.services.harvest import new_trial_id
@@ -34,30 +34,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def model_slots(embedder: object, settings: SessionSettings) -> int:
-    """How many model calls may run at once: ``settings.model_slots``, or else the cores divided by
-    the threads one call of the speaker model uses (an embedder that does not say uses them all),
-    at most one per worker."""
-    if settings.model_slots is not None:
-        return settings.model_slots
-    cores = os.cpu_count() or 1
-    return max(1, min(settings.workers, cores // (per_call_threads(embedder) or cores)))
-
-
-def per_call_threads(embedder: object) -> int | None:
-    """Threads one call of the speaker model uses where it says so (ONNX Runtime embedders), else None
-    (torch: every core). The spoof check runs in a model slot too, so it is given as many."""
-    threads = getattr(embedder, "threads", None)
-    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else None
-
-
 class SessionPool:
     """Worker threads shared by all live calls of one ``VoiceAuth``.
 
     Work is picked in this order: callbacks for calls decided at start, front ends of
     calls with queued audio, then model work, :func:`model_slots` calls at a time: whichever waited
-    longer of a batch of up to ``batch_size`` ready segments from different calls still deciding
-    (embedded together) and a call's spoof check; only then a batch of segments of settled calls
+    longer of a batch of up to :func:`batch_limit` ready segments from different calls still deciding
+    (embedded together) and a call's spoof check (which takes all slots but one when there are two or
+    more, so a segment never waits for two checks); only then a batch of segments of settled calls
     (the watch over AUTHENTICATED calls, unmatched calls: ``CallSession._stride``), which never hold
     up a decision, unless the oldest of them has waited ``max_queued_s``: then it goes first, so
     that no call waits for ever (nor its end, which waits for its last segments).
@@ -77,7 +61,13 @@ class SessionPool:
         """Settled calls' segments: served when no call still deciding waits for the model."""
         self._spoof: deque[tuple[float, CallSession]] = deque()
         self._model_running = 0
+        self._batch = batch_limit(services.embedder, self.settings)
+        """Segments per embedding call (:func:`batch_limit`)."""
         self._model_slots = model_slots(services.embedder, self.settings)
+        self._spoof_slots = max(1, self._model_slots - 1)
+        """Spoof checks that run side by side: all but one slot, so that a segment never waits for
+        a spoof check (0.3-0.9 s) to end when there are two slots or more."""
+        self._spoof_running = 0
         """Model calls (a batch of embeddings or a spoof check) that run side by side: one when the
         speaker model uses every core (torch), more when it runs on fewer threads (ONNX Runtime on
         one: one per core). Segments that wait meanwhile join a larger batch."""
@@ -290,10 +280,27 @@ class SessionPool:
                 continue
         return False
 
-    def _release_model(self) -> None:
+    def _release_model(self, spoof: bool = False) -> None:
         with self._cond:
             self._model_running -= 1
+            self._spoof_running -= spoof
             self._cond.notify_all()
+
+    def _model_job(self) -> tuple[str, Any] | None:
+        """The model work to start in a free slot (caller holds ``_cond``): calls still deciding first,
+        oldest waiting work first; a spoof check only while another slot is left for segments
+        (``_spoof_slots``); None when only spoof checks wait and none may start."""
+        starved = self._watch and self._watch[0][0] <= time.monotonic() - self.settings.max_queued_s
+        if (self._spoof and self._spoof_running < self._spoof_slots and not starved
+                and (not self._embed or self._spoof[0][0] < self._embed[0][0])):
+            self._model_running += 1
+            self._spoof_running += 1
+            return "spoof", self._spoof.popleft()[1]
+        queue = self._watch if starved else self._embed or self._watch
+        if not queue:
+            return None
+        self._model_running += 1
+        return "embed", [queue.popleft()[1] for _ in range(min(self._batch, len(queue)))]
 
     def _next_job(self) -> tuple[str, Any] | None:
         """Wait for work; returns (kind, payload), or None when stopping."""
@@ -303,14 +310,8 @@ class SessionPool:
                     return "task", self._tasks.popleft()
                 if self._front:
                     return "front", self._front.popleft()
-                if (self._embed or self._spoof or self._watch) and self._model_running < self._model_slots:
-                    self._model_running += 1  # calls still deciding first, oldest waiting work first
-                    starved = self._watch and self._watch[0][0] <= time.monotonic() - self.settings.max_queued_s
-                    if self._spoof and not starved and (not self._embed or self._spoof[0][0] < self._embed[0][0]):
-                        return "spoof", self._spoof.popleft()[1]
-                    queue = self._watch if starved else self._embed or self._watch
-                    count = min(self.settings.batch_size, len(queue))
-                    return "embed", [queue.popleft()[1] for _ in range(count)]
+                if self._model_running < self._model_slots and (job := self._model_job()) is not None:
+                    return job
                 if self._stopping:
                     return None
                 now = time.monotonic()
@@ -392,7 +393,7 @@ class SessionPool:
                 except Exception as exc:  # noqa: BLE001 - reported below, once the model slot is free
                     error = exc
         finally:
-            self._release_model()
+            self._release_model(spoof=True)
         callbacks: list[Callable[[], None]] = []
         if verdict is None:  # failed or could not run: fail closed, the call cannot be authenticated
             callbacks = session._spoof_failed()
