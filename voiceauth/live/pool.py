@@ -64,13 +64,13 @@ class SessionPool:
         self._batch = batch_limit(services.embedder, self.settings)
         """Segments per embedding call (:func:`batch_limit`)."""
         self._model_slots = model_slots(services.embedder, self.settings)
+        """Model calls (a batch of embeddings or a spoof check) that run side by side: one when the
+        speaker model uses every core (torch), more when it runs on fewer threads (ONNX Runtime on
+        one: one per core). Segments that wait meanwhile join a larger batch (up to :func:`batch_limit`)."""
         self._spoof_slots = max(1, self._model_slots - 1)
         """Spoof checks that run side by side: all but one slot, so that a segment never waits for
         a spoof check (0.3-0.9 s) to end when there are two slots or more."""
         self._spoof_running = 0
-        """Model calls (a batch of embeddings or a spoof check) that run side by side: one when the
-        speaker model uses every core (torch), more when it runs on fewer threads (ONNX Runtime on
-        one: one per core). Segments that wait meanwhile join a larger batch."""
         self._tasks: deque[Callable[[], None]] = deque()
         self._sessions: dict[str, CallSession] = {}
         self._threads: list[threading.Thread] = []
