@@ -267,7 +267,11 @@ async def level(service: Service, calls: list[tuple[str, list[bytes], bool]], pa
     return out
 
 
-def arrival_offsets(n: int, seconds: float, seed: int = 3) -> list[float]:
+ARRIVAL_SEED = 3
+"""Seed of the steady levels' call arrivals (:func:`arrival_offsets`)."""
+
+
+def arrival_offsets(n: int, seconds: float, seed: int = ARRIVAL_SEED) -> list[float]:
     """When each of ``n`` slots opens its first call: independent, uniform over one call length
     (seeded), as callers ring a contact centre at random: some calls open within a second of each
     other, others are seconds apart. With every call ``seconds`` long, the pattern repeats each call
@@ -289,8 +293,8 @@ async def steady(service: Service, calls: list[tuple[str, list[bytes], bool]], n
     :func:`arrival_offsets` ``[i]`` (random within one call length), so new calls reach the server
     as callers ring, about one every ``seconds / n``, and, once every slot has joined, the live calls
     are at every stage, as in a contact centre.
-    Measured over ``measure_s`` from ``seconds`` in (every slot busy, arrivals even for a whole call
-    length: no start-up burst in the window): latency (histogram deltas), CPU, and every call that
+    Measured over ``measure_s`` from ``seconds`` in (every slot busy, calls arriving as callers ring
+    for a whole call length: no start-up burst in the window): latency (histogram deltas), CPU, and every call that
     ended in the window (dropped audio, outcomes)."""
     per_call = int(seconds / pace)
     offsets = arrival_offsets(n, seconds)
@@ -321,7 +325,7 @@ async def steady(service: Service, calls: list[tuple[str, list[bytes], bool]], n
             j += 1
 
     tasks = [asyncio.create_task(slot(i)) for i in range(n)]
-    await asyncio.sleep(max(0.0, start + seconds - time.monotonic()))  # every slot has joined, arrivals even
+    await asyncio.sleep(max(0.0, start + seconds - time.monotonic()))  # every slot has joined, no start-up burst
     before, cpu0, t0, client0 = service.metrics(), service.stats.cpu_s(), time.monotonic(), time.process_time()
     window.update(start=t0, end=t0 + measure_s)
     rss: list[float] = []
@@ -334,7 +338,8 @@ async def steady(service: Service, calls: list[tuple[str, list[bytes], bool]], n
     out: dict[str, object] = {"calls_live": n, "call_s": seconds, "window_s": round(wall, 1),
                               "server_cpu_cores": round(cpu / wall, 2), "client_cpu_cores": round(client / wall, 2),
                               "server_rss_mb_max": round(max(rss), 0),
-                              "arrivals": {"random_phase_seed": 3, "most_opening_within_3s": busiest(offsets, 3.0),
+                              "arrivals": {"random_phase_seed": ARRIVAL_SEED,
+                                           "most_opening_within_3s": busiest(offsets, 3.0),
                                            "even_spacing_s": round(seconds / n, 2)}}
     out |= latencies(before, after)
     finals = [(m[-1]["call"] if m and m[-1].get("event") == "voiceauth.status" else None, g) for m, g in ended]

@@ -138,6 +138,23 @@ def test_the_model_is_pressed_once_work_has_waited_for_a_slot(tmp_path: Path) ->
         va.close()
 
 
+def test_a_spoof_check_waiting_beside_the_slot_kept_for_segments_does_not_press_the_model(tmp_path: Path) -> None:
+    """With two slots a check waits for the one spoof slot; thinning decided calls' watch would not
+    start it sooner (it may not take the slot kept for segments), so the model is not pressed."""
+    consent = Consent.now(channel="test", notice_version="v1", captured_by="tests")
+    va = make_va(tmp_path, consent, StandIn(), pressed_wait_s=0.5, model_slots=2)
+    try:
+        pool = va._sessions
+        pool._spoof.append((time.monotonic() - 0.6, object()))  # type: ignore[arg-type]
+        assert not pool.pressed()
+        pool._embed.append((time.monotonic() - 0.6, object()))  # type: ignore[arg-type]
+        assert pool.pressed()  # segments that waited still do
+        pool._embed.clear()
+        pool._spoof.clear()
+    finally:
+        va.close()
+
+
 def test_pressed_settings_are_checked() -> None:
     with pytest.raises(SessionError, match="pressed_stride"):
         SessionSettings(pressed_stride=0)

@@ -268,11 +268,13 @@ class SessionPool:
             self._cond.notify()
 
     def pressed(self) -> bool:
-        """Has the oldest model work still waiting (segments or a spoof check) waited
-        ``pressed_wait_s`` for a slot? Read without the lock (a hint for thinning settled calls,
-        ``SessionSettings.pressed_stride``): called by a call holding its own lock."""
+        """Has the oldest model work still waiting (segments, or a spoof check where checks may take
+        every slot) waited ``pressed_wait_s`` for a slot? A check waiting while a slot is kept for
+        segments would not start sooner for thinning. Read without the lock (a hint for thinning
+        settled calls, ``SessionSettings.pressed_stride``): called by a call holding its own lock."""
         limit = time.monotonic() - self.settings.pressed_wait_s
-        for queue in (self._embed, self._spoof, self._watch):
+        spoof = (self._spoof,) if self._spoof_slots == self._model_slots else ()
+        for queue in (self._embed, *spoof, self._watch):
             try:
                 if queue[0][0] <= limit:
                     return True
