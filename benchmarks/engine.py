@@ -4,9 +4,11 @@
     python benchmarks/engine.py --quick  # clean channel only, fewer impostors (a smoke run)
     python benchmarks/engine.py --speed-only  # re-measure only the speed part into engine.json
     python benchmarks/engine.py --no-speed --scores-out S.npz  # trial scores for engine_cascade.py
+    python benchmarks/engine.py --map-channels clean,mulaw,alaw,noise --conditions amr-3s,gsm-3s
+        # the channel map fitted without the mobile codecs: results/engine-map-channels.json
 
-About 30 minutes on 2 idle cores (accuracy part on 1 thread). The speed part runs first and
-needs the machine to itself; ``--speed-only`` re-measures it alone.
+About 45 minutes on 2 idle cores (accuracy part on 1 thread; 4 of them fit the channel map). The
+speed part runs first and needs the machine to itself; ``--speed-only`` re-measures it alone.
 
 Corpora: LibriSpeech test-other (10 speakers x 10 files, in ``FOLDS`` = 5 enrolment folds: in
 fold k each speaker is enrolled on files 2k and 2k+1, every other file is a genuine trial for
@@ -31,13 +33,17 @@ Systems, all scored by cosine against the mean enrolment embedding:
   pauses and word edges kept) + ECAPA on ONNX (the embedding space of
   :class:`voiceauth.embedding.EcapaEmbedder`; parity is checked);
 * ``campplus``: the same front end + CAM++ on ONNX;
-* ``ecapa_asnorm`` / ``campplus_asnorm``: the same cosines AS-normalised as voiceauth scores a
-  new deployment's trials: against the public cohort shipped in ``voiceauth/data`` for the model
-  and channel (``phone`` rows for the G.711 and mobile-codec channels, ``clean`` rows otherwise;
-  top 100), less the rows of any speaker among the train-clean impostors;
-* ``ecapa_centred`` / ``campplus_centred``: the cosine after subtracting the mean of the split's
-  voiceprints (10 LibriSpeech or 9 meeting speakers, enrolled on the condition's channel: as a bank
-  would subtract its store's mean) from the enrolment and test embeddings;
+* ``campplus_mapped``: the same embeddings through a channel map
+  (:mod:`voiceauth.embedding.channel_map`) fitted in this run by ``benchmarks/train_channel_map.py``
+  on the train-clean speakers that are not among the impostors (``--map-channels``: on some of its
+  training channels only);
+* ``ecapa_asnorm``: the same cosines AS-normalised as voiceauth scores a new deployment's
+  trials: against the public cohort shipped in ``voiceauth/data`` for ECAPA and the channel
+  (``phone`` rows for the G.711 and mobile-codec channels, ``clean`` rows otherwise; top 100),
+  less the rows of any speaker among the train-clean impostors;
+* ``*_centred``: the cosine after subtracting the mean of the split's voiceprints (10 LibriSpeech
+  or 9 meeting speakers, enrolled on the condition's channel: as a bank would subtract its store's
+  mean) from the enrolment and test embeddings;
 * ``fusion``: the mean of the ``ecapa`` and ``campplus`` cosines;
 * ``ecapa_spliced`` (``--spliced``): the old front end, speech frames spliced together, + ECAPA.
 
@@ -72,6 +78,7 @@ from voiceauth.audio.channel import TELEPHONE_BAND_HZ, TELEPHONE_RATE, add_noise
 from voiceauth.audio.decode import MODEL_RATE, Audio, load_audio, resample
 from voiceauth.audio.g711 import alaw_decode, alaw_encode, mulaw_decode, mulaw_encode
 from voiceauth.embedding.base import l2_normalise
+from voiceauth.embedding.channel_map import ChannelMap
 from voiceauth.scoring.statistics import compute_metrics
 from voiceauth.speech.activity import analyse, frame_length, speech_mask
 from voiceauth.tools.bench import crop_to_speech
@@ -85,18 +92,20 @@ FOLDS = 5
 """Enrolment folds on LibriSpeech (10 files a speaker, 2 enrolled on per fold)."""
 NOISE_SNR_DB = 20.0
 SPEED_SEGMENT_S = 3.0
-SYSTEMS = ("baseline", "ecapa", "ecapa_asnorm", "ecapa_centred", "campplus", "campplus_asnorm", "campplus_centred",
-           "fusion")
-AS_NORMED = {"ecapa_asnorm": "ecapa", "campplus_asnorm": "campplus"}
+SYSTEMS = ("baseline", "ecapa", "ecapa_asnorm", "ecapa_centred", "campplus", "campplus_centred", "campplus_mapped",
+           "campplus_mapped_centred", "fusion")
+AS_NORMED = {"ecapa_asnorm": "ecapa"}
 """Systems scored with AS-norm against the shipped public cohort, and the system whose embeddings they use."""
-CENTRED = {"ecapa_centred": "ecapa", "campplus_centred": "campplus"}
+CENTRED = {"ecapa_centred": "ecapa", "campplus_centred": "campplus", "campplus_mapped_centred": "campplus_mapped"}
 """Systems scored by the cosine after subtracting the mean of the split's voiceprints (as a bank would
 subtract its store's mean), and the system whose embeddings they use."""
 PHONE_CHANNELS = ("mulaw", "alaw", "amr", "gsm")
 """Channels scored against the public cohort's ``phone`` rows (the others: its ``clean`` rows)."""
 SPLICED = "ecapa_spliced"
-DEFAULT_SYSTEM = "campplus"
+DEFAULT_SYSTEM = "campplus_mapped_centred"
 """The candidate default engine (the fast one) whose accuracy and speed the issue 14 targets are checked on."""
+MAP_HELD_OUT = "engine-map-channels.json"
+"""Where a ``--map-channels`` run writes its results (results/engine.json is left as it is)."""
 PHONE_3S = "mulaw-3s"
 CONDITIONS = ("mulaw-3s", "amr-3s", "gsm-3s", "alaw-3s", "dtx-3s", "noise-3s", "clean-3s", "mulaw-2s", "mulaw-1s",
               "clean-1s", "clean-2s", "clean-full", "meet-mulaw-3s", "meet-clean-3s", "meet-mulaw-full")
@@ -139,9 +148,11 @@ def sox_codec_available(channel: str) -> bool:
     return True
 
 
-def sox_codec(audio: Audio, channel: str) -> Audio:
-    """8 kHz band-limited round trip through SoX's encoder of ``channel`` (``amr`` or ``gsm``), 16 kHz out."""
-    kind, options = SOX_CODECS[channel]
+def sox_codec(audio: Audio, channel: str, options: Sequence[str] | None = None) -> Audio:
+    """8 kHz band-limited round trip through SoX's encoder of ``channel`` (``amr`` or ``gsm``), 16 kHz out
+    (``options``: the encoder's, instead of the benchmark's)."""
+    kind, default = SOX_CODECS[channel]
+    options = default if options is None else options
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp:
         raw, coded, back = Path(tmp, "in.wav"), Path(tmp, f"coded.{kind}"), Path(tmp, "out.wav")
         sf.write(raw, narrowband(audio), TELEPHONE_RATE, subtype="PCM_16")
@@ -197,6 +208,8 @@ class Engines:
 
     spliced = False
     """Also embed the old front end's output (speech frames spliced) with ECAPA."""
+    channel_map: ChannelMap | None = None
+    """The map that makes ``campplus_mapped`` from ``campplus`` (None: not scored)."""
 
     def __init__(self, threads: int) -> None:
         import torch
@@ -228,6 +241,8 @@ class Engines:
             "ecapa": ecapa.embed([heard])[0],
             "campplus": campplus.embed([heard])[0],
         }
+        if self.channel_map is not None:
+            out["campplus_mapped"] = self.channel_map.apply(out["campplus"])
         if self.spliced:
             spliced = analysis.speech.samples
             out[SPLICED] = ecapa.embed([spliced if len(spliced) else audio.samples])[0]
@@ -375,7 +390,20 @@ def cohort_speakers(system: str) -> tuple[str, ...]:
 
 
 def systems(engines: Engines | None = None) -> tuple[str, ...]:
-    return (*SYSTEMS, SPLICED) if engines is not None and engines.spliced else SYSTEMS
+    mapped = engines is None or engines.channel_map is not None
+    names = SYSTEMS if mapped else tuple(s for s in SYSTEMS if not s.startswith("campplus_mapped"))
+    return (*names, SPLICED) if engines is not None and engines.spliced else names
+
+
+def channel_map_without(impostors: Sequence[Path], channels: Sequence[str] | None = None) -> ChannelMap:
+    """A channel map fitted by ``benchmarks/train_channel_map.py`` on every train-clean speaker but the
+    ``impostors``' (``channels``: only the pieces heard through these training channels; default all)."""
+    import train_channel_map
+
+    leave_out = {train_channel_map.speaker_of(p) for p in impostors}
+    files = [p for p in train_channel_map.training_files() if train_channel_map.speaker_of(p) not in leave_out]
+    return train_channel_map.fitted_map(train_channel_map.embed_pieces(files), leave_out,
+                                        channels=channels or train_channel_map.CHANNELS)
 
 
 def parity(engines: Engines, files: Sequence[Path]) -> float:
@@ -634,11 +662,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-speed", action="store_true",
                         help="skip the speed part (accuracy only; results/engine.* are left as they are: "
                              "use it with --scores-out)")
+    parser.add_argument("--map-channels",
+                        help="fit the channel map on these training channels only (comma-separated, of "
+                             "clean,mulaw,alaw,amr,gsm,noise): does it carry over to a codec it never heard? "
+                             "Implies --no-speed")
     parser.add_argument("--scores-out", type=Path,
                         help="also write every condition's trial scores and labels to this .npz (for analysis)")
     args = parser.parse_args(argv)
     if args.speed_only:
         return speed_only()
+    if args.map_channels:
+        args.no_speed = True
     started, load_start = time.time(), os.getloadavg()
     splits = folds(10 if args.quick else args.impostors)
     split = splits[0]
@@ -653,13 +687,20 @@ def main(argv: list[str] | None = None) -> int:
     speeds = {} if args.no_speed else speed(segments([p for f in split.tests.values() for p in f], 16))
     engines = Engines(args.threads)
     engines.spliced = args.spliced
+    map_s = time.time()
+    map_channels = args.map_channels.split(",") if args.map_channels else None
+    engines.channel_map = channel_map_without(split.impostors, map_channels)
+    map_s = round(time.time() - map_s)
     result: dict[str, object] = {
         "settings": {"seed": SEED, "enrol_files": ENROL_FILES, "folds": len(splits), "speakers": len(split.enrol),
                      "train_clean_impostors": len(split.impostors), "noise_snr_db": NOISE_SNR_DB,
                      "meeting_speakers": len(meeting.enrol) if meeting else 0,
                      "front_end": "speech.analyse(...).trimmed: long non-speech out, short pauses and word edges kept",
                      "threads_accuracy": args.threads, "scoring": "cosine vs mean enrolment embedding",
-                     "candidate_default_system": DEFAULT_SYSTEM},
+                     "candidate_default_system": DEFAULT_SYSTEM,
+                     "channel_map": "fitted in this run on the train-clean speakers not among the impostors "
+                                    f"(benchmarks/train_channel_map.py recipe), {map_s} s",
+                     "channel_map_channels": map_channels or "all"},
         "skipped_conditions": skipped,
         "ecapa_onnx_vs_torch_min_cosine": parity(engines, [f[0] for f in list(split.tests.values())[:3]]),
         "speed_3s_segments": speeds,
@@ -682,6 +723,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if speeds:
             write(result, conditions, speeds)
+        elif map_channels:
+            (RESULTS / MAP_HELD_OUT).write_text(json.dumps(result, indent=2))
     print(markdown(conditions, speeds))
     print(json.dumps(result["summary"], indent=2))
     print(f"total {time.time() - started:.0f} s")

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from bench_modules import benchmark_module
 
 from voiceauth.audio.decode import MODEL_RATE, Audio, load_audio
 from voiceauth.speech.activity import FRAME_S, analyse, frame_length, speech_mask
 
 pytestmark = pytest.mark.integration  # real model, processes or external tools
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "engine.py"
-
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("engine_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("engine")
 
 
 @pytest.fixture(scope="module")
