@@ -402,7 +402,7 @@ def channel_map_without(impostors: Sequence[Path], channels: Sequence[str] | Non
 
     leave_out = {train_channel_map.speaker_of(p) for p in impostors}
     files = [p for p in train_channel_map.training_files() if train_channel_map.speaker_of(p) not in leave_out]
-    return train_channel_map.fitted_map(train_channel_map.embed_pieces(files), leave_out,
+    return train_channel_map.fitted_map(train_channel_map.embed_pieces(files),
                                         channels=channels or train_channel_map.CHANNELS)
 
 
